@@ -1,0 +1,54 @@
+from django.contrib import admin
+
+from annotator.models import Image, Job, Mask, Membership, Prediction, Project, Study
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 1
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["name", "classes", "healthy_class", "created_at"]
+    inlines = [MembershipInline]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "project", "role"]
+    list_filter = ["role", "project"]
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = ["name", "project", "created_at"]
+    list_filter = ["project"]
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "source_name", "status", "imported", "annotated", "total", "created_at"]
+    list_filter = ["status", "project"]
+
+
+@admin.register(Image)
+class ImageAdmin(admin.ModelAdmin):
+    list_display = ["original_name", "project", "label", "predicted_label", "uncertainty", "flagged", "review_status"]
+    list_filter = ["project", "review_status", "flagged", "predicted_label"]
+    search_fields = ["original_name", "sha256"]
+    raw_id_fields = ["approved_mask", "job", "study"]
+
+
+@admin.register(Prediction)
+class PredictionAdmin(admin.ModelAdmin):
+    list_display = ["image", "architecture", "label", "agrees", "entropy", "model_version"]
+    list_filter = ["architecture", "agrees"]
+    raw_id_fields = ["image"]
+
+
+@admin.register(Mask)
+class MaskAdmin(admin.ModelAdmin):
+    list_display = ["image", "version", "source", "author", "pixels", "created_at"]
+    list_filter = ["source"]
+    raw_id_fields = ["image", "parent"]

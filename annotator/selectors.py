@@ -1,0 +1,52 @@
+"""Reads, always through what the user may see: admins see everything, others the projects they belong to."""
+from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404
+
+from annotator.models import Image, Job, Mask, Membership, Project
+
+
+def projects_visible(user):
+    projects = Project.objects.all() if user.is_staff else Project.objects.filter(members=user)
+    return projects.annotate(
+        image_count=Count("images", distinct=True),
+        pending_count=Count("images", filter=Q(images__review_status=Image.ReviewStatus.PENDING), distinct=True),
+        approved_count=Count("images", filter=Q(images__review_status=Image.ReviewStatus.APPROVED), distinct=True),
+        flagged_count=Count("images", filter=Q(images__flagged=True), distinct=True),
+    ).order_by("name")
+
+
+def project_get(user, pk) -> Project:
+    return get_object_or_404(projects_visible(user), pk=pk)
+
+
+def images_visible(user):
+    images = Image.objects.select_related("project")
+    return images if user.is_staff else images.filter(project__members=user)
+
+
+def image_get(user, pk) -> Image:
+    return get_object_or_404(images_visible(user), pk=pk)
+
+
+def job_get(user, pk) -> Job:
+    jobs = Job.objects.all() if user.is_staff else Job.objects.filter(project__members=user)
+    return get_object_or_404(jobs, pk=pk)
+
+
+def user_can_review(user, project) -> bool:
+    """Admins and the project's radiologists may edit masks and decide; viewers only look."""
+    if user.is_staff:
+        return True
+    return Membership.objects.filter(project=project, user=user, role=Membership.Role.RADIOLOGIST).exists()
+
+
+def mask_latest(image) -> Mask | None:
+    return image.masks.order_by("-version").first()
+
+
+def review_queue(user, project=None):
+    """Annotated images waiting for a decision: flagged first, the most uncertain first."""
+    images = images_visible(user).filter(review_status=Image.ReviewStatus.PENDING, annotated_at__isnull=False)
+    if project is not None:
+        images = images.filter(project=project)
+    return images.order_by("-flagged", "-uncertainty", "id")

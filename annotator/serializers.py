@@ -1,0 +1,65 @@
+from rest_framework import serializers
+
+from annotator.models import Image, Job, Mask, Prediction, Project
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = ["id", "name", "description", "classes", "healthy_class", "created_at"]
+
+    def validate(self, data):
+        classes = data.get("classes", [])
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise serializers.ValidationError({"classes": "give at least two distinct classes"})
+        if data.get("healthy_class", "normal") not in classes:
+            raise serializers.ValidationError({"healthy_class": "must be one of the classes"})
+        return data
+
+
+class JobSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Job
+        fields = ["id", "project", "source_name", "status", "imported", "duplicates", "total", "annotated",
+                  "progress", "errors", "failure", "created_at", "started_at", "finished_at"]
+
+
+class PredictionSerializer(serializers.ModelSerializer):
+    heatmap_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Prediction
+        fields = ["id", "architecture", "model_version", "label", "agrees", "probabilities", "std", "entropy",
+                  "mutual_information", "cam_class", "heatmap_url"]
+
+    def get_heatmap_url(self, prediction):
+        return self.context["request"].build_absolute_uri(f"/predictions/{prediction.pk}/heatmap.png")
+
+
+class MaskSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    author = serializers.StringRelatedField()
+
+    class Meta:
+        model = Mask
+        fields = ["id", "version", "parent", "source", "author", "model_version", "pixels", "created_at", "url"]
+
+    def get_url(self, mask):
+        return self.context["request"].build_absolute_uri(f"/masks/{mask.pk}/mask.png")
+
+
+class ImageListSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Image
+        fields = ["id", "project", "original_name", "width", "height", "label", "predicted_label", "uncertainty",
+                  "flagged", "flag_reason", "review_status", "annotated_at"]
+
+
+class ImageSerializer(ImageListSerializer):
+    predictions = PredictionSerializer(many=True, read_only=True)
+    masks = MaskSerializer(many=True, read_only=True)
+    reviewed_by = serializers.StringRelatedField()
+
+    class Meta(ImageListSerializer.Meta):
+        fields = ImageListSerializer.Meta.fields + ["sha256", "model_version", "approved_mask", "reviewed_by",
+                                                    "reviewed_at", "predictions", "masks"]

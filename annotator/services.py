@@ -1,0 +1,163 @@
+"""Running the ensemble over a job's images, and adding mask versions."""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+from PIL import Image as PILImage
+
+from annotator.models import Image, Job, Mask, Prediction
+
+log = logging.getLogger(__name__)
+
+
+class EnsembleMismatch(ValueError):
+    """The configured ensemble cannot annotate this project; retrying will not help."""
+
+
+class MaskError(ValueError):
+    """An uploaded mask that cannot be used."""
+
+
+class StaleMaskError(Exception):
+    """The mask was edited on top of a version that is no longer the latest."""
+
+    def __init__(self, latest_version):
+        self.latest_version = latest_version
+        super().__init__(f"the mask has changed since you loaded it: version {latest_version} is now the latest; "
+                         "reload the image to see it, your drawing was not saved")
+
+
+@lru_cache(maxsize=2)
+def ensemble_load(folder: str):
+    """The ensemble and its version name, loaded once per worker process."""
+    from ml import load_ensemble
+
+    ensemble = load_ensemble(folder, device=settings.ML_DEVICE)
+    manifest_hash = hashlib.sha256((Path(folder) / "manifest.json").read_bytes()).hexdigest()[:8]
+    return ensemble, f"{Path(folder).name}@{manifest_hash}"
+
+
+def job_annotate(job_id: int) -> None:
+    """Annotate every image of the job that has no annotation yet; safe to run twice or after a crash."""
+    from ml import AnnotateConfig, annotate
+
+    claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+        status=Job.Status.RUNNING, started_at=timezone.now())
+    job = Job.objects.get(pk=job_id)
+    if not claimed and job.status != Job.Status.RUNNING:
+        return  # finished already: a redelivered message
+    ensemble, model_version = ensemble_load(str(settings.ENSEMBLE_DIR))
+    _check_classes(job, ensemble.manifest)
+    config = ensemble.manifest.annotate
+    if settings.ML_MC_SAMPLES:
+        config = AnnotateConfig(**{**config.__dict__, "mc_samples": settings.ML_MC_SAMPLES})
+    pending = list(job.images.filter(annotated_at__isnull=True).order_by("id").values_list("id", flat=True))
+    for start in range(0, len(pending), settings.ML_BATCH_SIZE):
+        images = list(Image.objects.filter(pk__in=pending[start:start + settings.ML_BATCH_SIZE]).order_by("id"))
+        pictures = []
+        for image in images:
+            with image.file.open("rb") as f:
+                pictures.append(PILImage.open(io.BytesIO(f.read())))
+        results = annotate(ensemble, pictures, config, batch_size=settings.ML_BATCH_SIZE, seed=images[0].pk)
+        for image, result in zip(images, results):
+            image_annotation_store(image.pk, result, model_version)
+        Job.objects.filter(pk=job_id).update(annotated=job.images.filter(annotated_at__isnull=False).count())
+    Job.objects.filter(pk=job_id).update(status=Job.Status.DONE, finished_at=timezone.now())
+    log.info("job %s annotated %d images with %s", job_id, len(pending), model_version)
+
+
+def job_fail(job_id: int, reason: str) -> None:
+    Job.objects.filter(pk=job_id).update(status=Job.Status.FAILED, failure=reason, finished_at=timezone.now())
+
+
+def _check_classes(job, manifest) -> None:
+    project = job.project
+    if list(manifest.classes) != list(project.classes) or manifest.healthy_class != project.healthy_class:
+        raise EnsembleMismatch(f"the ensemble predicts {manifest.classes} (healthy: {manifest.healthy_class}) but project "
+                         f"{project.name!r} uses {project.classes} (healthy: {project.healthy_class})")
+
+
+@transaction.atomic
+def image_annotation_store(image_id: int, result, model_version: str) -> bool:
+    """Write one image's predictions, heatmaps and first mask at once; False if it was annotated already."""
+    image = Image.objects.select_for_update().get(pk=image_id)
+    if image.annotated_at is not None:
+        return False
+    for opinion in result.opinions:
+        heatmap = PILImage.fromarray(np.round(opinion.heatmap * 255).astype(np.uint8))
+        prediction = Prediction(
+            image=image, architecture=opinion.architecture, model_version=model_version, label=opinion.label,
+            agrees=opinion.agrees, probabilities=opinion.probabilities, std=opinion.std, entropy=opinion.entropy,
+            mutual_information=opinion.mutual_information, cam_class=result.cam_class,
+        )
+        prediction.heatmap.save(f"{image.pk}-{opinion.architecture}.png", _png(heatmap), save=False)
+        prediction.save()
+    mask_create(image, result.mask, Mask.Source.MODEL, model_version=model_version)
+    image.annotated_at = timezone.now()
+    image.model_version = model_version
+    image.predicted_label = result.diagnosis
+    image.uncertainty = result.uncertainty
+    image.flagged = result.flagged
+    image.flag_reason = result.flag_reason
+    image.save()
+    return True
+
+
+def mask_create(image: Image, mask: np.ndarray, source: str, author=None, parent: Mask | None = None,
+                model_version: str = "") -> Mask:
+    """Add the next version of the image's mask; earlier versions stay as they were."""
+    next_version = (image.masks.aggregate(latest=Max("version"))["latest"] or 0) + 1
+    record = Mask(image=image, version=next_version, parent=parent, source=source, author=author,
+                  model_version=model_version, pixels=int(mask.sum()))
+    record.file.save(f"{image.pk}-v{next_version}.png", _png(PILImage.fromarray(mask.astype(np.uint8) * 255)),
+                     save=False)
+    record.save()
+    return record
+
+
+@transaction.atomic
+def mask_upload(image: Image, data: bytes, author, parent_version: int | None) -> Mask:
+    """A radiologist's mask as a PNG; any non-zero pixel is foreground. Refused if drawn on a stale version."""
+    image = Image.objects.select_for_update().get(pk=image.pk)
+    latest = image.masks.order_by("-version").first()
+    if parent_version is not None and (latest is None or latest.version != parent_version):
+        raise StaleMaskError(latest.version if latest else None)
+    mask = mask_decode(data, (image.width, image.height))
+    return mask_create(image, mask, Mask.Source.HUMAN, author=author, parent=latest)
+
+
+def mask_decode(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    try:
+        with PILImage.open(io.BytesIO(data)) as picture:
+            if picture.format != "PNG":
+                raise MaskError("a mask must be a PNG")
+            if picture.size != size:
+                raise MaskError(f"the mask is {picture.size[0]}x{picture.size[1]} but the image is {size[0]}x{size[1]}")
+            array = np.asarray(picture.convert("RGBA" if "A" in picture.getbands() else "L"))
+    except MaskError:
+        raise
+    except Exception as error:
+        raise MaskError(f"not a readable PNG ({error})") from error
+    # A drawn mask with transparency marks foreground by alpha; an opaque one by brightness.
+    return array[..., 3] > 0 if array.ndim == 3 else array > 0
+
+
+def mask_array(mask: Mask) -> np.ndarray:
+    with mask.file.open("rb") as f:
+        return np.asarray(PILImage.open(io.BytesIO(f.read())).convert("L")) > 0
+
+
+def _png(picture: PILImage.Image) -> ContentFile:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=False)
+    return ContentFile(buffer.getvalue())

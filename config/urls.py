@@ -1,0 +1,37 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from annotator import api, views
+from review import views as review_views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("projects/<int:pk>/", views.project_detail, name="project"),
+    path("projects/<int:pk>/upload/", views.project_upload, name="project-upload"),
+    path("projects/<int:pk>/export/coco.json", views.export_coco, name="export-coco"),
+    path("projects/<int:pk>/export/masks.zip", views.export_png, name="export-png"),
+    path("images/<int:pk>/image", views.image_file, name="image-file"),
+    path("predictions/<int:pk>/heatmap.png", views.heatmap_file, name="heatmap-file"),
+    path("masks/<int:pk>/mask.png", views.mask_file, name="mask-file"),
+    path("review/", review_views.queue, name="review-queue"),
+    path("review/images/<int:pk>/", review_views.image_review, name="review-image"),
+    path("review/images/<int:pk>/approve/", review_views.approve, name="review-approve"),
+    path("review/images/<int:pk>/reject/", review_views.reject, name="review-reject"),
+    # API
+    path("api/projects/", api.ProjectListApi.as_view()),
+    path("api/projects/<int:pk>/", api.ProjectDetailApi.as_view()),
+    path("api/projects/<int:pk>/uploads/", api.UploadApi.as_view()),
+    path("api/projects/<int:pk>/images/", api.ImageListApi.as_view()),
+    path("api/projects/<int:pk>/export/coco/", api.CocoExportApi.as_view()),
+    path("api/projects/<int:pk>/export/png/", api.PngExportApi.as_view()),
+    path("api/jobs/<int:pk>/", api.JobDetailApi.as_view()),
+    path("api/images/<int:pk>/", api.ImageDetailApi.as_view()),
+    path("api/images/<int:pk>/masks/", api.MaskUploadApi.as_view()),
+    path("api/images/<int:pk>/approve/", api.ApproveApi.as_view()),
+    path("api/images/<int:pk>/reject/", api.RejectApi.as_view()),
+    path("api/review/queue/", api.ReviewQueueApi.as_view()),
+]

@@ -1,0 +1,159 @@
+"""The panel of three models, its checkpoint folder, and the `annotate()` contract."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ml.cam import XGradCamExplainer
+from ml.checkpoint import weights_load, weights_save
+from ml.config import AnnotateConfig, EnsembleManifest
+from ml.consensus import consensus_mask, review_flag
+from ml.data import images_to_tensor
+from ml.models import model_build, model_classifier, model_pooled_features
+from ml.uncertainty import entropy, mc_dropout_probs, mutual_information
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class Ensemble:
+    manifest: EnsembleManifest
+    models: dict[str, nn.Module]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def to(self, device: str | torch.device) -> "Ensemble":
+        self.device = torch.device(device)
+        for model in self.models.values():
+            model.to(self.device)
+        return self
+
+
+@dataclass
+class ModelOpinion:
+    architecture: str
+    label: str
+    agrees: bool
+    probabilities: list[float]  # MC mean per class
+    std: list[float]  # MC standard deviation per class
+    entropy: float  # normalised predictive entropy of this model's MC mean
+    mutual_information: float
+    heatmap: np.ndarray  # float32 in [0, 1], the image's own size, toward `ImageAnnotation.cam_class`
+
+
+@dataclass
+class ImageAnnotation:
+    diagnosis: str
+    probabilities: list[float]  # ensemble mean per class
+    uncertainty: float  # normalised predictive entropy of the ensemble mean
+    flagged: bool
+    flag_reason: str
+    cam_class: str  # the disease class the heatmaps explain
+    mask: np.ndarray  # bool, the image's own size
+    opinions: list[ModelOpinion]
+
+
+def ensemble_build(manifest: EnsembleManifest, pretrained: bool = False,
+                   weights_files: dict[str, str] | None = None) -> Ensemble:
+    weights_files = weights_files or {}
+    models = {arch: model_build(arch, len(manifest.classes), manifest.annotate.dropout, pretrained,
+                                weights_files.get(arch))
+              for arch in manifest.architectures}
+    return Ensemble(manifest=manifest, models=models)
+
+
+def save_ensemble(ensemble: Ensemble, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for arch, model in ensemble.models.items():
+        weights_save(model.state_dict(), folder / f"{arch}.safetensors", ensemble.manifest.weights_dtype)
+    (folder / MANIFEST_NAME).write_text(json.dumps(ensemble.manifest.to_dict(), indent=2))
+    return folder
+
+
+def load_ensemble(folder: str | Path, device: str | None = None) -> Ensemble:
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{folder} is not an ensemble checkpoint: no {MANIFEST_NAME}")
+    manifest = EnsembleManifest.from_dict(json.loads(manifest_path.read_text()))
+    ensemble = ensemble_build(manifest)
+    for arch, model in ensemble.models.items():
+        model.load_state_dict(weights_load(folder / f"{arch}.safetensors"))
+        model.eval()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return ensemble.to(device)
+
+
+def annotate(ensemble: Ensemble, images: list[Image.Image], config: AnnotateConfig | None = None,
+             batch_size: int = 8, seed: int = 0) -> list[ImageAnnotation]:
+    """Diagnose, explain and outline each image; the same call serves the CLI, the worker and the tests."""
+    config = config or ensemble.manifest.annotate
+    results = []
+    for start in range(0, len(images), batch_size):
+        results += _annotate_batch(ensemble, images[start:start + batch_size], config, seed + start)
+    return results
+
+
+def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: AnnotateConfig,
+                    seed: int) -> list[ImageAnnotation]:
+    manifest = ensemble.manifest
+    batch = images_to_tensor(images, manifest).to(ensemble.device)
+    generator = torch.Generator(device=ensemble.device).manual_seed(seed)
+    samples = {}
+    for arch, model in ensemble.models.items():
+        model.eval()
+        with torch.no_grad():
+            pooled = model_pooled_features(model, batch)
+            samples[arch] = mc_dropout_probs(model_classifier(model), pooled, config.mc_samples, config.dropout,
+                                             generator).cpu()
+    model_means = {arch: s.mean(0) for arch, s in samples.items()}  # (batch, classes)
+    ensemble_mean = torch.stack(list(model_means.values())).mean(0)
+    diagnoses = ensemble_mean.argmax(-1)
+    uncertainty = entropy(ensemble_mean)
+    # Heatmaps explain the most likely disease, so a healthy call still shows where a lesion would be sought.
+    disease = torch.tensor(manifest.disease_classes)
+    cam_classes = disease[ensemble_mean[:, disease].argmax(-1)].tolist()
+    heatmaps = {arch: XGradCamExplainer(model)(batch, cam_classes) for arch, model in ensemble.models.items()}
+
+    results = []
+    for i, image in enumerate(images):
+        diagnosis = int(diagnoses[i])
+        labels = [int(model_means[arch][i].argmax()) for arch in ensemble.models]
+        own_size = [_resize_map(heatmaps[arch][i], image.size) for arch in ensemble.models]
+        opinions = [
+            ModelOpinion(
+                architecture=arch,
+                label=manifest.classes[label],
+                agrees=label == diagnosis,
+                probabilities=model_means[arch][i].tolist(),
+                std=samples[arch][:, i].std(0).tolist(),
+                entropy=float(entropy(model_means[arch][i])),
+                mutual_information=float(mutual_information(samples[arch][:, i:i + 1])[0]),
+                heatmap=heatmap,
+            )
+            for arch, label, heatmap in zip(ensemble.models, labels, own_size)
+        ]
+        reason = review_flag(list(ensemble.models), labels, diagnosis, float(uncertainty[i]),
+                             config.uncertainty_threshold, manifest.classes)
+        results.append(ImageAnnotation(
+            diagnosis=manifest.classes[diagnosis],
+            probabilities=ensemble_mean[i].tolist(),
+            uncertainty=float(uncertainty[i]),
+            flagged=bool(reason),
+            flag_reason=reason,
+            cam_class=manifest.classes[cam_classes[i]],
+            mask=consensus_mask(own_size, labels, diagnosis, manifest.disease_classes, config.binarize_fraction),
+            opinions=opinions,
+        ))
+    return results
+
+
+def _resize_map(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    image = Image.fromarray(heatmap.astype(np.float32)).resize(size, Image.BILINEAR)
+    return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)

@@ -1,0 +1,349 @@
+"""Unit tests of the `ml` package: plain PyTorch, no Django, tiny inputs and random weights."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ml.cam import XGradCamExplainer
+from ml.config import AnnotateConfig, EnsembleManifest
+from ml.consensus import consensus_mask, heatmap_binarize, review_flag
+from ml.ensemble import annotate, ensemble_build, load_ensemble, save_ensemble
+from ml.models import model_build, model_classifier, model_pooled_features
+from ml.uncertainty import entropy, mc_dropout_probs, mutual_information
+
+BUSI_BENIGN = Path("/work/shared/data/busi/images/benign")
+PANEL = ["resnet50", "efficientnet_b0", "densenet121"]
+CLASSES = ["normal", "lesion"]
+NORMAL, LESION = 0, 1
+
+
+def _linear_head(features: int = 16, classes: int = 3) -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(features, classes)
+
+
+# --- MC-Dropout -------------------------------------------------------------------------------------------------
+
+
+def test_mc_dropout_samples_differ_across_passes_and_are_identical_without_dropout():
+    head = _linear_head()
+    pooled = torch.randn(2, 16)
+    with torch.no_grad():
+        noisy = mc_dropout_probs(head, pooled, samples=8, dropout=0.5, generator=torch.Generator().manual_seed(0))
+        plain = mc_dropout_probs(head, pooled, samples=8, dropout=0.0)
+
+    assert noisy.shape == plain.shape == (8, 2, 3)
+    assert (noisy.std(0) > 1e-3).all()
+    assert torch.allclose(plain, F.softmax(head(pooled), -1).expand_as(plain))
+
+
+def test_mc_dropout_drops_a_fraction_p_and_rescales_the_kept_features():
+    seen = []
+
+    class RecordingHead(nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return torch.zeros(x.shape[0], 2)
+
+    mc_dropout_probs(RecordingHead(), torch.ones(1, 1000), samples=20, dropout=0.3,
+                     generator=torch.Generator().manual_seed(0))
+
+    features = seen[0]
+    assert features.unique().tolist() == pytest.approx([0.0, 1 / 0.7])
+    assert (features == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)  # 20000 draws: 3 sd is 0.01
+
+
+def _sharpen(classifier: nn.Module, pooled: torch.Tensor) -> None:
+    """Logits of a few units, so the head's probabilities react to dropout (fresh timm heads give ~0.5 always)."""
+    nn.init.normal_(classifier.weight, std=2.0 / pooled.norm(dim=1).mean().item())
+
+
+def _dropout_always_on(monkeypatch) -> None:
+    """Every dropout in the model samples while the model, BatchNorm included, stays in eval mode.
+
+    timm's ResNet and EfficientNet heads call `F.dropout(training=self.training)` and DenseNet's `nn.Dropout` calls
+    the same function, so forcing `training` here reaches all three without knowing their internals.
+    """
+    dropout = F.dropout
+    monkeypatch.setattr(F, "dropout", lambda input, p=0.5, training=False, inplace=False:
+                        dropout(input, p, True, inplace))
+
+
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buffer.clone() for name, buffer in model.named_buffers()}
+
+
+@pytest.mark.parametrize("arch", PANEL)
+def test_head_only_mc_dropout_matches_full_model_mc_dropout_with_batchnorm_in_eval(arch, monkeypatch):
+    head_samples, full_passes, dropout = 2000, 200, 0.3
+    torch.manual_seed(0)
+    model = model_build(arch, num_classes=2, dropout=dropout).eval()
+    images = torch.randn(2, 3, 32, 32)  # 32 px is the smallest input DenseNet's transitions accept
+    with torch.no_grad():
+        pooled = model_pooled_features(model, images)
+        _sharpen(model_classifier(model), pooled)
+        head = mc_dropout_probs(model_classifier(model), pooled, head_samples, dropout,
+                                torch.Generator().manual_seed(0))
+        before = _buffers(model)
+        _dropout_always_on(monkeypatch)
+        # Each row of the repeated batch is an independent full pass: dropout masks are drawn per element.
+        full = F.softmax(model(images.repeat(full_passes, 1, 1, 1)), -1).reshape(full_passes, *head.shape[1:])
+
+    assert (full.std(0) > 0.02).all(), "full passes do not vary, so the comparison below would prove nothing"
+    after = _buffers(model)
+    assert all(torch.equal(before[name], after[name]) for name in before), "BatchNorm statistics changed"
+    # Both means are Monte-Carlo estimates of the same expectation: allow five standard errors of their difference.
+    standard_error = (full.var(0) / full_passes + head.var(0) / head_samples).sqrt()
+    assert ((full.mean(0) - head.mean(0)).abs() <= 5 * standard_error).all()
+
+
+# --- Uncertainty measures ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_entropy_is_zero_for_one_hot_and_one_for_uniform(classes):
+    one_hot = F.one_hot(torch.tensor(1), classes).float()
+    uniform = torch.full((classes,), 1.0 / classes)
+
+    assert entropy(one_hot).item() == pytest.approx(0.0, abs=1e-6)
+    assert entropy(uniform).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_mutual_information_is_zero_for_identical_samples_and_positive_when_samples_disagree():
+    identical = torch.tensor([[0.7, 0.3]]).expand(10, 1, 2)
+    disagreeing = torch.tensor([[[0.9, 0.1]], [[0.1, 0.9]]]).repeat(5, 1, 1)
+
+    assert mutual_information(identical).item() == pytest.approx(0.0, abs=1e-6)
+    assert mutual_information(disagreeing).item() > 0.3
+
+
+# --- Consensus mask and review flag -----------------------------------------------------------------------------
+
+
+def _square(rows: slice, cols: slice, size: int = 8) -> np.ndarray:
+    heatmap = np.zeros((size, size), dtype=np.float32)
+    heatmap[rows, cols] = 1.0
+    return heatmap
+
+
+def test_consensus_mask_intersects_only_the_maps_of_models_agreeing_with_the_diagnosis():
+    agree_a = _square(slice(0, 6), slice(0, 6))
+    agree_b = _square(slice(2, 8), slice(2, 8))
+    dissent = _square(slice(0, 2), slice(6, 8))  # disjoint from the overlap: intersecting it would empty the mask
+
+    mask = consensus_mask([agree_a, agree_b, dissent], labels=[LESION, LESION, NORMAL], diagnosis=LESION,
+                          disease_classes=[LESION], fraction=0.5)
+
+    np.testing.assert_array_equal(mask, _square(slice(2, 6), slice(2, 6)).astype(bool))
+
+
+def test_consensus_mask_is_empty_for_a_healthy_diagnosis():
+    heatmaps = [_square(slice(0, 6), slice(0, 6))] * 3
+
+    mask = consensus_mask(heatmaps, labels=[NORMAL] * 3, diagnosis=NORMAL, disease_classes=[LESION], fraction=0.5)
+
+    assert mask.shape == (8, 8) and not mask.any()
+
+
+def test_consensus_mask_is_empty_when_no_model_agrees_with_the_diagnosis():
+    # With three classes the ensemble mean can pick a class that no single model picked.
+    heatmaps = [_square(slice(0, 6), slice(0, 6))] * 3
+
+    mask = consensus_mask(heatmaps, labels=[0, 2, 2], diagnosis=1, disease_classes=[1, 2], fraction=0.5)
+
+    assert not mask.any()
+
+
+def test_heatmap_binarize_of_an_all_zero_map_is_empty():
+    assert not heatmap_binarize(np.zeros((8, 8), dtype=np.float32), fraction=0.5).any()
+
+
+def _flag(labels: list[int], uncertainty: float) -> str:
+    return review_flag(PANEL, labels, diagnosis=LESION, uncertainty=uncertainty, threshold=0.5, classes=CLASSES)
+
+
+def test_review_flag_is_empty_when_all_models_agree_with_low_uncertainty():
+    assert _flag([LESION] * 3, uncertainty=0.2) == ""
+
+
+def test_review_flag_names_the_dissenting_model_and_its_label():
+    reason = _flag([LESION, LESION, NORMAL], uncertainty=0.2)
+
+    assert "densenet121 says normal" in reason
+    assert "resnet50" not in reason and "efficientnet_b0" not in reason
+    assert "entropy" not in reason
+
+
+def test_review_flag_mentions_entropy_above_the_uncertainty_threshold():
+    reason = _flag([LESION] * 3, uncertainty=0.8)
+
+    assert "entropy" in reason and "says" not in reason
+
+
+def test_review_flag_gives_both_reasons_when_a_model_dissents_with_high_uncertainty():
+    reason = _flag([NORMAL, LESION, LESION], uncertainty=0.8)
+
+    assert "resnet50 says normal" in reason and "entropy" in reason
+
+
+# --- Checkpoints ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble():
+    torch.manual_seed(0)
+    manifest = EnsembleManifest(architectures=["resnet18", "efficientnet_b0", "densenet121"], classes=CLASSES,
+                                healthy_class="normal", input_size=64,
+                                annotate=AnnotateConfig(mc_samples=5, dropout=0.2, uncertainty_threshold=0.4),
+                                metrics={"auc": 0.5})
+    ensemble = ensemble_build(manifest)
+    for model in ensemble.models.values():
+        model.eval()
+    return ensemble
+
+
+def _outputs(ensemble, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return {arch: model.eval()(images) for arch, model in ensemble.models.items()}
+
+
+def _saved(ensemble, folder: Path, dtype: str):
+    manifest = dataclasses.replace(ensemble.manifest, weights_dtype=dtype)
+    save_ensemble(dataclasses.replace(ensemble, manifest=manifest), folder)
+    return load_ensemble(folder, device="cpu")
+
+
+def _weights_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+
+
+def test_float32_checkpoint_round_trip_restores_identical_outputs_and_manifest(tiny_ensemble, tmp_path):
+    images = torch.randn(2, 3, 64, 64)
+
+    loaded = _saved(tiny_ensemble, tmp_path, "float32")
+
+    assert loaded.manifest == tiny_ensemble.manifest
+    expected, actual = _outputs(tiny_ensemble, images), _outputs(loaded, images)
+    assert all(torch.equal(expected[arch], actual[arch]) for arch in expected)
+
+
+def test_int8_checkpoint_is_smaller_and_close_to_float32(tiny_ensemble, tmp_path):
+    images = torch.randn(2, 3, 64, 64)
+    float_dir, int8_dir = tmp_path / "float32", tmp_path / "int8"
+    _saved(tiny_ensemble, float_dir, "float32")
+
+    loaded = _saved(tiny_ensemble, int8_dir, "int8")
+
+    assert loaded.manifest.weights_dtype == "int8"
+    assert loaded.manifest.classes == CLASSES and loaded.manifest.input_size == 64
+    assert loaded.manifest.annotate == tiny_ensemble.manifest.annotate
+    assert _weights_bytes(int8_dir) < 0.4 * _weights_bytes(float_dir)
+    for arch, model in tiny_ensemble.models.items():
+        restored = loaded.models[arch].state_dict()
+        for key, tensor in model.state_dict().items():
+            scale = tensor.abs().max().clamp_min(1e-12) if tensor.is_floating_point() else 1
+            # Rounding to one of 255 levels per output channel errs by at most half a level: 1/254 of the peak.
+            assert (restored[key] - tensor).abs().max() / scale <= 1 / 250, key
+    expected, actual = _outputs(tiny_ensemble, images), _outputs(loaded, images)
+    for arch in expected:
+        assert torch.allclose(actual[arch], expected[arch], atol=0.05 * expected[arch].abs().max().item()), arch
+
+
+# --- annotate() end to end --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scans() -> list[Image.Image]:
+    paths = sorted(BUSI_BENIGN.glob("*.png"))[:2]
+    if len(paths) < 2:
+        pytest.skip(f"no BUSI images in {BUSI_BENIGN}")
+    return [Image.open(path) for path in paths]
+
+
+def _favouring(ensemble, class_index: int):
+    """A copy whose every head votes for `class_index` whatever the image."""
+    biased = copy.deepcopy(ensemble)
+    for model in biased.models.values():
+        bias = model_classifier(model).bias
+        with torch.no_grad():
+            bias.fill_(-20.0)
+            bias[class_index] = 20.0
+    return biased
+
+
+def test_annotate_gives_three_opinions_own_size_heatmaps_a_mask_and_a_consistent_flag(tiny_ensemble, scans):
+    results = annotate(tiny_ensemble, scans, AnnotateConfig(mc_samples=5), seed=0)
+
+    assert len(results) == len(scans)
+    for image, result in zip(scans, results):
+        shape = (image.height, image.width)
+        assert result.diagnosis in CLASSES and result.cam_class == "lesion"
+        assert sum(result.probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert result.mask.dtype == bool and result.mask.shape == shape
+        assert result.flagged == bool(result.flag_reason)
+        assert [opinion.architecture for opinion in result.opinions] == tiny_ensemble.manifest.architectures
+        for opinion in result.opinions:
+            assert opinion.heatmap.shape == shape
+            assert 0.0 <= opinion.heatmap.min() and opinion.heatmap.max() <= 1.0
+            assert sum(opinion.probabilities) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_annotate_is_reproducible_for_a_fixed_seed(tiny_ensemble, scans):
+    first, second = (annotate(tiny_ensemble, scans, AnnotateConfig(mc_samples=5), seed=3) for _ in range(2))
+
+    assert [r.probabilities for r in first] == [r.probabilities for r in second]
+
+
+def test_annotate_gives_an_empty_mask_for_a_healthy_diagnosis(tiny_ensemble, scans):
+    results = annotate(_favouring(tiny_ensemble, NORMAL), scans, AnnotateConfig(mc_samples=5), seed=0)
+
+    for result in results:
+        assert result.diagnosis == "normal"
+        assert not result.mask.any()
+        assert not result.flagged  # unanimous and certain
+
+
+def test_annotate_mask_for_a_disease_diagnosis_is_the_consensus_of_the_heatmaps(tiny_ensemble, scans):
+    config = AnnotateConfig(mc_samples=5)
+
+    results = annotate(_favouring(tiny_ensemble, LESION), scans, config, seed=0)
+
+    for result in results:
+        assert result.diagnosis == "lesion"
+        heatmaps = [opinion.heatmap for opinion in result.opinions]
+        expected = consensus_mask(heatmaps, [LESION] * 3, LESION, [LESION], config.binarize_fraction)
+        assert expected.any()
+        np.testing.assert_array_equal(result.mask, expected)
+
+
+# --- XGrad-CAM and configuration --------------------------------------------------------------------------------
+
+
+def test_xgradcam_heatmaps_of_resnet18_have_the_input_size_and_lie_in_0_1():
+    torch.manual_seed(0)
+    model = model_build("resnet18", num_classes=2, dropout=0.3).eval()
+
+    heatmaps = XGradCamExplainer(model)(torch.randn(2, 3, 64, 64), target_classes=[LESION, NORMAL])
+
+    assert heatmaps.shape == (2, 64, 64)
+    assert heatmaps.min() >= 0.0 and heatmaps.max() <= 1.0
+
+
+@pytest.mark.parametrize("field, value", [("mc_samples", 0), ("dropout", 1.0), ("dropout", -0.1),
+                                          ("binarize_fraction", 0.0), ("uncertainty_threshold", 1.5)])
+def test_annotate_config_rejects_invalid_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        AnnotateConfig(**{field: value})
+
+
+def test_ensemble_manifest_rejects_a_healthy_class_not_among_the_classes():
+    with pytest.raises(ValueError, match="healthy"):
+        EnsembleManifest(architectures=["resnet18"], classes=CLASSES, healthy_class="healthy")
