@@ -1,7 +1,8 @@
 """The REST API: the same services as the pages, for scripts (token auth) and the browser (session auth)."""
 import tempfile
 
-from django.http import FileResponse
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
 from rest_framework import generics, status
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -10,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotator import export, ingest, selectors, services
+from annotator.models import Mask, Prediction
 from annotator.serializers import (ImageListSerializer, ImageSerializer, JobSerializer, MaskSerializer,
                                    ProjectSerializer)
 from review import services as review_services
@@ -168,3 +170,30 @@ def png_zip_response(project):
     target.seek(0)
     return FileResponse(target, as_attachment=True, filename=f"{project.name}-masks.zip",
                         content_type="application/zip")
+
+
+# The files behind an image page, for the browser (session) and for scripts (token) alike.
+class ImageFileApi(APIView):
+    def get(self, request, pk):
+        image = selectors.image_get(request.user, pk)
+        kind = "png" if image.file.name.endswith(".png") else "jpeg"
+        return FileResponse(image.file.open("rb"), content_type=f"image/{kind}")
+
+
+class HeatmapFileApi(APIView):
+    def get(self, request, pk):
+        prediction = get_object_or_404(Prediction, pk=pk)
+        _check_visible(request.user, prediction.image_id)
+        return FileResponse(prediction.heatmap.open("rb"), content_type="image/png")
+
+
+class MaskFileApi(APIView):
+    def get(self, request, pk):
+        mask = get_object_or_404(Mask, pk=pk)
+        _check_visible(request.user, mask.image_id)
+        return FileResponse(mask.file.open("rb"), content_type="image/png")
+
+
+def _check_visible(user, image_id):
+    if not selectors.images_visible(user).filter(pk=image_id).exists():
+        raise Http404

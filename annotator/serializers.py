@@ -33,7 +33,7 @@ class PredictionSerializer(serializers.ModelSerializer):
                   "mutual_information", "cam_class", "heatmap_url"]
 
     def get_heatmap_url(self, prediction):
-        return self.context["request"].build_absolute_uri(f"/predictions/{prediction.pk}/heatmap.png")
+        return self.context["request"].build_absolute_uri(f"/api/predictions/{prediction.pk}/heatmap.png")
 
 
 class MaskSerializer(serializers.ModelSerializer):
@@ -45,7 +45,7 @@ class MaskSerializer(serializers.ModelSerializer):
         fields = ["id", "version", "parent", "source", "author", "model_version", "pixels", "created_at", "url"]
 
     def get_url(self, mask):
-        return self.context["request"].build_absolute_uri(f"/masks/{mask.pk}/mask.png")
+        return self.context["request"].build_absolute_uri(f"/api/masks/{mask.pk}/mask.png")
 
 
 class ImageListSerializer(serializers.ModelSerializer):

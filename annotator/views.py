@@ -1,17 +1,26 @@
-"""Server-rendered pages: projects, upload with job progress, exports, and the image files behind login."""
+"""Server-rendered pages: projects, upload with job progress, and exports."""
 import json
+from functools import wraps
 
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
 from annotator import export, selectors
 from annotator.api import png_zip_response, upload_to_job
-from annotator.models import Mask, Prediction
+
+
+def admin_required(view):
+    """Admins only; anyone else logged in gets 403 (anonymous users were already sent to the login page)."""
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not request.user.is_staff:
+            raise PermissionDenied
+        return view(request, *args, **kwargs)
+    return wrapped
 
 
 def home(request):
@@ -30,7 +39,7 @@ def project_detail(request, pk):
 
 
 @require_POST
-@staff_member_required
+@admin_required
 def project_upload(request, pk):
     project = selectors.project_get(request.user, pk)
     upload = request.FILES.get("file")
@@ -48,7 +57,7 @@ def project_upload(request, pk):
     return redirect("project", pk=pk)
 
 
-@staff_member_required
+@admin_required
 def export_coco(request, pk):
     project = selectors.project_get(request.user, pk)
     response = HttpResponse(json.dumps(export.project_export_coco(project)), content_type="application/json")
@@ -56,28 +65,6 @@ def export_coco(request, pk):
     return response
 
 
-@staff_member_required
+@admin_required
 def export_png(request, pk):
     return png_zip_response(selectors.project_get(request.user, pk))
-
-
-def image_file(request, pk):
-    image = selectors.image_get(request.user, pk)
-    return FileResponse(image.file.open("rb"), content_type=f"image/{'png' if image.file.name.endswith('png') else 'jpeg'}")
-
-
-def heatmap_file(request, pk):
-    prediction = get_object_or_404(Prediction, pk=pk)
-    _check_visible(request.user, prediction.image_id)
-    return FileResponse(prediction.heatmap.open("rb"), content_type="image/png")
-
-
-def mask_file(request, pk):
-    mask = get_object_or_404(Mask, pk=pk)
-    _check_visible(request.user, mask.image_id)
-    return FileResponse(mask.file.open("rb"), content_type="image/png")
-
-
-def _check_visible(user, image_id):
-    if not selectors.images_visible(user).filter(pk=image_id).exists():
-        raise PermissionDenied

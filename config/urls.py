@@ -14,9 +14,6 @@ urlpatterns = [
     path("projects/<int:pk>/upload/", views.project_upload, name="project-upload"),
     path("projects/<int:pk>/export/coco.json", views.export_coco, name="export-coco"),
     path("projects/<int:pk>/export/masks.zip", views.export_png, name="export-png"),
-    path("images/<int:pk>/image", views.image_file, name="image-file"),
-    path("predictions/<int:pk>/heatmap.png", views.heatmap_file, name="heatmap-file"),
-    path("masks/<int:pk>/mask.png", views.mask_file, name="mask-file"),
     path("review/", review_views.queue, name="review-queue"),
     path("review/images/<int:pk>/", review_views.image_review, name="review-image"),
     path("review/images/<int:pk>/approve/", review_views.approve, name="review-approve"),
@@ -34,4 +31,7 @@ urlpatterns = [
     path("api/images/<int:pk>/approve/", api.ApproveApi.as_view()),
     path("api/images/<int:pk>/reject/", api.RejectApi.as_view()),
     path("api/review/queue/", api.ReviewQueueApi.as_view()),
+    path("api/images/<int:pk>/image", api.ImageFileApi.as_view(), name="image-file"),
+    path("api/predictions/<int:pk>/heatmap.png", api.HeatmapFileApi.as_view(), name="heatmap-file"),
+    path("api/masks/<int:pk>/mask.png", api.MaskFileApi.as_view(), name="mask-file"),
 ]

@@ -41,9 +41,18 @@ def _train(args) -> None:
     print(f"training on {len(paths)} images ({len(excluded)} excluded)", file=sys.stderr)
     config = TrainConfig(architectures=tuple(args.arch), classes=classes, healthy_class=healthy,
                          input_size=args.input_size, epochs=args.epochs, seed=args.seed,
-                         weights_dtype=args.weights_dtype, pretrained=args.pretrained)
+                         weights_dtype=args.weights_dtype, use_hub=not args.no_hub,
+                         weights_files=tuple(_weights_pairs(args.weights)))
     ensemble = ensemble_train(paths, labels, config, args.out)
     print(json.dumps(ensemble.manifest.metrics, indent=2))
+
+
+def _weights_pairs(pairs: list[str]):
+    for pair in pairs:
+        arch, _, path = pair.partition("=")
+        if not path or not Path(path).is_file():
+            raise SystemExit(f"--weights {pair}: expected ARCH=FILE with an existing file")
+        yield arch, path
 
 
 def _annotate(args) -> None:
@@ -81,7 +90,9 @@ def main(argv=None) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
     train.add_argument("--weights-dtype", choices=("float32", "int8"), default="float32")
-    train.add_argument("--pretrained", action="store_true", help="start from ImageNet weights on timm's hub")
+    train.add_argument("--weights", nargs="*", default=[], metavar="ARCH=FILE",
+                       help="local ImageNet weights per architecture, e.g. resnet50=/models/resnet50.safetensors")
+    train.add_argument("--no-hub", action="store_true", help="never fetch ImageNet weights from timm's hub")
     train.set_defaults(run=_train)
     annotate = commands.add_parser("annotate", help="annotate images with a trained ensemble")
     annotate.add_argument("--model", type=Path, required=True)

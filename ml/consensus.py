@@ -20,9 +20,9 @@ def consensus_mask(heatmaps: list[np.ndarray], labels: list[int], diagnosis: int
     an empty mask instead of an outline of nothing.
     """
     shape = heatmaps[0].shape
-    if diagnosis not in disease_classes:
-        return np.zeros(shape, dtype=bool)
     agreeing = [heatmap for heatmap, label in zip(heatmaps, labels) if label == diagnosis]
+    if diagnosis not in disease_classes or not agreeing:  # with no agreeing map the loop would mark every pixel
+        return np.zeros(shape, dtype=bool)
     mask = np.ones(shape, dtype=bool)
     for heatmap in agreeing:
         mask &= heatmap_binarize(heatmap, fraction)

@@ -58,11 +58,10 @@ class ImageAnnotation:
     opinions: list[ModelOpinion]
 
 
-def ensemble_build(manifest: EnsembleManifest, pretrained: bool = False,
-                   weights_files: dict[str, str] | None = None) -> Ensemble:
-    weights_files = weights_files or {}
-    models = {arch: model_build(arch, len(manifest.classes), manifest.annotate.dropout, pretrained,
-                                weights_files.get(arch))
+def ensemble_build(manifest: EnsembleManifest, weights: dict[str, str | None] | None = None) -> Ensemble:
+    """The members, randomly initialised or from the ImageNet weights given per architecture."""
+    weights = weights or {}
+    models = {arch: model_build(arch, len(manifest.classes), manifest.annotate.dropout, weights.get(arch))
               for arch in manifest.architectures}
     return Ensemble(manifest=manifest, models=models)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import timm
@@ -11,22 +12,43 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def model_build(arch: str, num_classes: int, dropout: float, pretrained: bool = False,
-                weights_file: str | Path | None = None) -> nn.Module:
+def model_build(arch: str, num_classes: int, dropout: float, weights: str | Path | None = None) -> nn.Module:
     """A timm model with a fresh `num_classes` head.
 
-    ImageNet weights come from `weights_file` when given, from timm's hub when `pretrained` (needs internet).
+    `weights`: None for random initialisation, "imagenet" for timm's hub (needs internet), or a local file of
+    ImageNet weights (safetensors or a torch state dict) whose classifier is dropped.
     """
-    model = timm.create_model(arch, pretrained=pretrained and weights_file is None, num_classes=num_classes,
-                              drop_rate=dropout)
-    if weights_file is not None:
-        state = timm.models.load_state_dict(str(weights_file))
+    model = timm.create_model(arch, pretrained=weights == "imagenet", num_classes=num_classes, drop_rate=dropout)
+    if weights not in (None, "imagenet"):
+        state = timm.models.load_state_dict(str(weights))
         classifier_keys = {f"{model.default_cfg['classifier']}.weight", f"{model.default_cfg['classifier']}.bias"}
         state = {k: v for k, v in state.items() if k not in classifier_keys}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or set(missing) - classifier_keys:
-            raise ValueError(f"{weights_file} does not fit {arch}: missing {missing}, unexpected {unexpected}")
+            raise ValueError(f"{weights} does not fit {arch}: missing {missing}, unexpected {unexpected}")
     return model
+
+
+def imagenet_weights_resolve(architectures, local: dict[str, str], use_hub: bool) -> dict[str, str | None]:
+    """Where each member's ImageNet weights come from: a local file, timm's hub when reachable, else none."""
+    hub = use_hub and _hub_reachable()
+    if use_hub and not hub:
+        log.warning("timm's hub (huggingface.co) is unreachable: no ImageNet weights from there")
+    resolved = {}
+    for arch in architectures:
+        resolved[arch] = local.get(arch) or ("imagenet" if hub else None)
+        if resolved[arch] is None:
+            log.warning("No ImageNet weights for %s: training it from scratch", arch)
+    return resolved
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    # Checked up front: offline, timm's own download retries for about a minute per model before failing.
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def model_target_layer(model: nn.Module) -> nn.Module:

@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 from ml.config import AnnotateConfig, EnsembleManifest
 from ml.data import image_to_rgb, images_to_tensor
 from ml.ensemble import Ensemble, ensemble_build, save_ensemble
+from ml.models import imagenet_weights_resolve
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ class TrainConfig:
     patience: int = 6  # epochs without a better validation loss before stopping
     val_fraction: float = 0.2
     seed: int = 0
-    pretrained: bool = False
+    use_hub: bool = True  # ImageNet weights from timm's hub when it can be reached
+    weights_files: tuple[tuple[str, str], ...] = ()  # (architecture, local ImageNet weights file)
     weights_dtype: str = "float32"
     annotate: AnnotateConfig = AnnotateConfig()
 
@@ -56,9 +58,8 @@ def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, ou
     manifest = EnsembleManifest(architectures=list(config.architectures), classes=list(config.classes),
                                 healthy_class=config.healthy_class, input_size=config.input_size,
                                 annotate=config.annotate, weights_dtype=config.weights_dtype)
-    if not config.pretrained:
-        log.warning("No ImageNet weights: training %s from scratch", ", ".join(config.architectures))
-    ensemble = ensemble_build(manifest, pretrained=config.pretrained)
+    weights = imagenet_weights_resolve(config.architectures, dict(config.weights_files), config.use_hub)
+    ensemble = ensemble_build(manifest, weights)
     # Images are decoded once, a little larger than the input so random crops keep most of the field.
     preload = int(config.input_size * 1.15)
     images = [image_to_rgb(Image.open(p)).resize((preload, preload), Image.BILINEAR) for p in paths]
@@ -85,7 +86,8 @@ def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, ou
         **{arch: _classification_metrics(p, val_labels) for arch, p in val_probs.items()},
     }
     manifest.training = {"images": len(paths), "train_images": len(train_idx), "seed": config.seed,
-                         "pretrained": config.pretrained, "epochs_max": config.epochs}
+                         "imagenet_weights": {arch: str(w) if w else "none (from scratch)" for arch, w in weights.items()},
+                         "epochs_max": config.epochs}
     save_ensemble(ensemble, out)
     return ensemble
 

@@ -25,6 +25,16 @@ CLASSES = ["normal", "lesion"]
 NORMAL, LESION = 0, 1
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from threads, and on a busy CPU OpenMP threads waiting on each other made these
+    tests six times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _linear_head(features: int = 16, classes: int = 3) -> nn.Linear:
     torch.manual_seed(0)
     return nn.Linear(features, classes)
@@ -86,10 +96,11 @@ def test_head_only_mc_dropout_matches_full_model_mc_dropout_with_batchnorm_in_ev
     head_samples, full_passes, dropout = 2000, 200, 0.3
     torch.manual_seed(0)
     model = model_build(arch, num_classes=2, dropout=dropout).eval()
-    images = torch.randn(2, 3, 32, 32)  # 32 px is the smallest input DenseNet's transitions accept
+    images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         pooled = model_pooled_features(model, images)
         _sharpen(model_classifier(model), pooled)
+        assert torch.allclose(model_classifier(model)(pooled), model(images), atol=1e-5), "head misses the backbone"
         head = mc_dropout_probs(model_classifier(model), pooled, head_samples, dropout,
                                 torch.Generator().manual_seed(0))
         before = _buffers(model)
@@ -100,9 +111,10 @@ def test_head_only_mc_dropout_matches_full_model_mc_dropout_with_batchnorm_in_ev
     assert (full.std(0) > 0.02).all(), "full passes do not vary, so the comparison below would prove nothing"
     after = _buffers(model)
     assert all(torch.equal(before[name], after[name]) for name in before), "BatchNorm statistics changed"
-    # Both means are Monte-Carlo estimates of the same expectation: allow five standard errors of their difference.
+    # Both means estimate the same expectation. Four standard errors of their difference: a correct split fails
+    # with probability below 1e-4, while BatchNorm in train mode or a wrong keep probability lands beyond 8.
     standard_error = (full.var(0) / full_passes + head.var(0) / head_samples).sqrt()
-    assert ((full.mean(0) - head.mean(0)).abs() <= 5 * standard_error).all()
+    assert ((full.mean(0) - head.mean(0)).abs() <= 4 * standard_error).all()
 
 
 # --- Uncertainty measures ---------------------------------------------------------------------------------------
@@ -215,37 +227,38 @@ def _outputs(ensemble, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {arch: model.eval()(images) for arch, model in ensemble.models.items()}
 
 
-def _saved(ensemble, folder: Path, dtype: str):
-    manifest = dataclasses.replace(ensemble.manifest, weights_dtype=dtype)
-    save_ensemble(dataclasses.replace(ensemble, manifest=manifest), folder)
-    return load_ensemble(folder, device="cpu")
+@pytest.fixture(scope="module")
+def checkpoints(tiny_ensemble, tmp_path_factory) -> dict[str, Path]:
+    """The tiny ensemble saved once per weights dtype."""
+    folders = {}
+    for dtype in ("float32", "int8"):
+        manifest = dataclasses.replace(tiny_ensemble.manifest, weights_dtype=dtype)
+        folders[dtype] = save_ensemble(dataclasses.replace(tiny_ensemble, manifest=manifest),
+                                       tmp_path_factory.mktemp(dtype))
+    return folders
 
 
 def _weights_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.glob("*.safetensors"))
 
 
-def test_float32_checkpoint_round_trip_restores_identical_outputs_and_manifest(tiny_ensemble, tmp_path):
+def test_float32_checkpoint_round_trip_restores_identical_outputs_and_manifest(tiny_ensemble, checkpoints):
     images = torch.randn(2, 3, 64, 64)
 
-    loaded = _saved(tiny_ensemble, tmp_path, "float32")
+    loaded = load_ensemble(checkpoints["float32"], device="cpu")
 
     assert loaded.manifest == tiny_ensemble.manifest
     expected, actual = _outputs(tiny_ensemble, images), _outputs(loaded, images)
     assert all(torch.equal(expected[arch], actual[arch]) for arch in expected)
 
 
-def test_int8_checkpoint_is_smaller_and_close_to_float32(tiny_ensemble, tmp_path):
+def test_int8_checkpoint_is_smaller_and_close_to_float32(tiny_ensemble, checkpoints):
     images = torch.randn(2, 3, 64, 64)
-    float_dir, int8_dir = tmp_path / "float32", tmp_path / "int8"
-    _saved(tiny_ensemble, float_dir, "float32")
 
-    loaded = _saved(tiny_ensemble, int8_dir, "int8")
+    loaded = load_ensemble(checkpoints["int8"], device="cpu")
 
-    assert loaded.manifest.weights_dtype == "int8"
-    assert loaded.manifest.classes == CLASSES and loaded.manifest.input_size == 64
-    assert loaded.manifest.annotate == tiny_ensemble.manifest.annotate
-    assert _weights_bytes(int8_dir) < 0.4 * _weights_bytes(float_dir)
+    assert loaded.manifest == dataclasses.replace(tiny_ensemble.manifest, weights_dtype="int8")
+    assert _weights_bytes(checkpoints["int8"]) < 0.4 * _weights_bytes(checkpoints["float32"])
     for arch, model in tiny_ensemble.models.items():
         restored = loaded.models[arch].state_dict()
         for key, tensor in model.state_dict().items():
@@ -312,7 +325,8 @@ def test_annotate_gives_an_empty_mask_for_a_healthy_diagnosis(tiny_ensemble, sca
 
 
 def test_annotate_mask_for_a_disease_diagnosis_is_the_consensus_of_the_heatmaps(tiny_ensemble, scans):
-    config = AnnotateConfig(mc_samples=5)
+    # Random models look in unrelated places; a low threshold keeps their intersection from being empty.
+    config = AnnotateConfig(mc_samples=5, binarize_fraction=0.1)
 
     results = annotate(_favouring(tiny_ensemble, LESION), scans, config, seed=0)
 

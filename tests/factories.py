@@ -1,0 +1,43 @@
+"""Images with model output made directly in the database, for tests that do not need the ensemble."""
+import hashlib
+
+import numpy as np
+from django.core.files.base import ContentFile
+from django.utils import timezone
+
+from annotator.models import Image, Mask, Prediction
+from annotator.services import _png, mask_create
+from PIL import Image as PILImage
+
+
+def annotated_image(project, name="scan.png", size=(40, 30), uncertainty=0.3, flagged=False, box=(5, 5, 20, 15)):
+    """An image the ensemble has seen: one prediction per model and a model mask filling `box` (x1, y1, x2, y2)."""
+    width, height = size
+    picture = PILImage.new("L", size, 90)
+    data = _png(picture).read()
+    digest = hashlib.sha256(data + name.encode()).hexdigest()
+    image = Image(project=project, sha256=digest, original_name=name, width=width, height=height,
+                  annotated_at=timezone.now(), model_version="test@0", predicted_label="lesion",
+                  uncertainty=uncertainty, flagged=flagged, flag_reason="models disagree" if flagged else "")
+    image.file.save(f"{digest}.png", ContentFile(data), save=False)
+    image.save()
+    for arch in ("resnet50", "efficientnet_b0", "densenet121"):
+        prediction = Prediction(image=image, architecture=arch, model_version="test@0", label="lesion", agrees=True,
+                                probabilities=[0.2, 0.8], std=[0.05, 0.05], entropy=0.7, mutual_information=0.01,
+                                cam_class="lesion")
+        prediction.heatmap.save(f"{image.pk}-{arch}.png", _png(PILImage.new("L", size, 128)), save=False)
+        prediction.save()
+    mask_create(image, box_mask(size, box), Mask.Source.MODEL, model_version="test@0")
+    return image
+
+
+def box_mask(size, box):
+    width, height = size
+    mask = np.zeros((height, width), dtype=bool)
+    x1, y1, x2, y2 = box
+    mask[y1:y2, x1:x2] = True
+    return mask
+
+
+def mask_png(mask) -> bytes:
+    return _png(PILImage.fromarray(mask.astype(np.uint8) * 255)).read()

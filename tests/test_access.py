@@ -1,0 +1,105 @@
+"""Everything needs a login; project membership decides what anyone sees; only admins upload and export."""
+import pytest
+
+from tests.factories import annotated_image
+
+
+@pytest.fixture
+def urls(team):
+    image = annotated_image(team.project)
+    p, i = team.project.pk, image.pk
+    urls = {
+        "pages": ["/", "/review/", f"/projects/{p}/", f"/review/images/{i}/"],
+        "project_pages": [f"/projects/{p}/", f"/review/images/{i}/"],
+        "admin_pages": [f"/projects/{p}/export/coco.json", f"/projects/{p}/export/masks.zip"],
+        "decisions": [f"/review/images/{i}/approve/", f"/review/images/{i}/reject/"],
+        "api_project": [f"/api/projects/{p}/", f"/api/projects/{p}/images/", f"/api/images/{i}/",
+                        f"/api/images/{i}/image", f"/api/predictions/{image.predictions.first().pk}/heatmap.png",
+                        f"/api/masks/{image.masks.get().pk}/mask.png"],
+        "api_admin": [f"/api/projects/{p}/export/coco/", f"/api/projects/{p}/export/png/"],
+        "api_decisions": [f"/api/images/{i}/approve/", f"/api/images/{i}/reject/"],
+        "upload": f"/api/projects/{p}/uploads/",
+        "image": image,
+    }
+    urls["api"] = urls["api_project"] + ["/api/review/queue/"]
+    return urls
+
+
+def test_anonymous_users_are_sent_to_login_and_the_api_answers_401(team, urls):
+    from django.test import Client
+    from rest_framework.test import APIClient
+
+    client = Client()
+    for url in urls["pages"] + urls["admin_pages"]:
+        response = client.get(url)
+        assert response.status_code == 302 and response.url.startswith("/accounts/login/"), url
+    for url in urls["decisions"]:
+        assert client.post(url).status_code == 302
+    api = APIClient()
+    for url in urls["api"] + urls["api_admin"] + ["/api/projects/"]:
+        assert api.get(url).status_code == 401, url
+    for url in urls["api_decisions"] + [urls["upload"]]:
+        assert api.post(url).status_code == 401, url
+
+
+def test_outsiders_see_nothing_of_a_project_they_do_not_belong_to(team, urls):
+    client, api = team.client(team.outsider), team.api(team.outsider)
+    for url in urls["project_pages"] + urls["decisions"]:
+        response = client.post(url) if url in urls["decisions"] else client.get(url)
+        assert response.status_code in (403, 404), url
+    for url in urls["api_project"]:
+        assert api.get(url).status_code == 404, url
+    for url in urls["api_decisions"]:
+        assert api.post(url).status_code == 404, url
+    assert urls["image"].original_name not in client.get("/review/").content.decode()
+    assert [p["name"] for p in api.get("/api/projects/").json()["results"]] == ["Elsewhere"]
+    assert api.get("/api/review/queue/").json()["count"] == 0
+
+
+def test_viewers_can_look_but_not_decide_upload_or_export(team, urls):
+    client, api = team.client(team.viewer), team.api(team.viewer)
+    for url in urls["pages"]:
+        assert client.get(url).status_code == 200, url
+    for url in urls["api"]:
+        assert api.get(url).status_code == 200, url
+    for url in urls["admin_pages"]:
+        assert client.get(url).status_code == 403, url
+    for url in urls["decisions"]:
+        assert client.post(url).status_code == 403, url
+    for url in urls["api_decisions"]:
+        assert api.post(url).status_code == 403, url
+    assert api.post(urls["upload"]).status_code == 403
+    assert "You can view this project but not review it" in client.get(urls["pages"][3]).content.decode()
+
+
+def test_radiologists_review_but_do_not_upload_or_export(team, urls):
+    client, api = team.client(team.radiologist), team.api(team.radiologist)
+    for url in urls["pages"]:
+        assert client.get(url).status_code == 200, url
+    for url in urls["admin_pages"]:
+        assert client.get(url).status_code == 403, url
+    for url in urls["api_admin"]:
+        assert api.get(url).status_code == 403, url
+    assert api.post(urls["upload"]).status_code == 403
+    assert api.post(urls["api_decisions"][0]).status_code == 200
+
+
+def test_admins_reach_everything_including_the_django_admin(team, urls):
+    client, api = team.client(team.admin), team.api(team.admin)
+    for url in urls["pages"] + urls["admin_pages"]:
+        assert client.get(url).status_code == 200, url
+    for url in urls["api"] + urls["api_admin"]:
+        assert api.get(url).status_code == 200, url
+    for model in ("project", "membership", "study", "job", "image", "prediction", "mask"):
+        assert client.get(f"/admin/annotator/{model}/").status_code == 200, model
+    assert client.get("/admin/review/review/").status_code == 200
+
+
+def test_api_token_authentication_works_for_scripts(team):
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    token = Token.objects.create(user=team.radiologist)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert api.get(f"/api/projects/{team.project.pk}/").json()["name"] == "BUSI"
