@@ -76,6 +76,17 @@ def job_annotate(job_id: int) -> None:
     log.info("job %s annotated %d images with %s", job_id, len(pending), model_version)
 
 
+def jobs_requeue_unfinished() -> int:
+    """Send unfinished jobs to the workers again, e.g. after the worker was stopped mid-job; annotation is
+    idempotent, so a job that is in fact still running is not done twice."""
+    from annotator.tasks import job_annotate_task
+
+    job_ids = list(Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).values_list("id", flat=True))
+    for job_id in job_ids:
+        transaction.on_commit(lambda job_id=job_id: job_annotate_task.delay(job_id))
+    return len(job_ids)
+
+
 def job_fail(job_id: int, reason: str) -> None:
     Job.objects.filter(pk=job_id).update(status=Job.Status.FAILED, failure=reason, finished_at=timezone.now())
 

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotator.ingest import UploadError, folder_entries, upload_ingest, zip_entries
 from annotator.models import Membership, Project
+from annotator.services import jobs_requeue_unfinished
 
 DEMO_SOURCE = settings.BASE_DIR / "demo" / "busi" / "images"
 
@@ -30,6 +31,9 @@ class Command(BaseCommand):
             "description": "Breast ultrasound images from BUSI (Al-Dhabyani et al., Data in Brief 2020).",
         })
         Membership.objects.get_or_create(project=project, user=radiologist)
+        resumed = jobs_requeue_unfinished()
+        if resumed:
+            self.stdout.write(f"{resumed} unfinished job(s) from an earlier run sent to the worker again.")
         try:
             entries, labels = zip_entries(source) if source.is_file() else folder_entries(source)
             job = upload_ingest(project, entries, labels, source.name, admin)

@@ -1,0 +1,73 @@
+"""The annotation job: idempotent, resumable, and clear when the ensemble does not fit the project."""
+import pytest
+
+from annotator import services
+from annotator.models import Job, Mask, Prediction
+from annotator.tasks import job_annotate_task
+from tests.conftest import png_bytes, zip_of
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble_folder(tmp_path_factory):
+    """A small random ensemble with the project's classes: fast, and enough to exercise the job's bookkeeping."""
+    from ml import EnsembleManifest, save_ensemble
+    from ml.ensemble import ensemble_build
+
+    folder = tmp_path_factory.mktemp("ensemble")
+    manifest = EnsembleManifest(architectures=["resnet18", "efficientnet_b0", "densenet121"],
+                                classes=["normal", "lesion"], healthy_class="normal", input_size=32)
+    return save_ensemble(ensemble_build(manifest), folder)
+
+
+@pytest.fixture
+def tiny_ensemble(tiny_ensemble_folder, settings):
+    settings.ENSEMBLE_DIR = tiny_ensemble_folder
+    settings.ML_MC_SAMPLES = 3
+    services.ensemble_load.cache_clear()
+    yield tiny_ensemble_folder
+    services.ensemble_load.cache_clear()
+
+
+def uploaded_job(team, count=3):
+    from annotator.ingest import upload_ingest, zip_entries
+
+    entries, labels = zip_entries(zip_of({f"{i}.png": png_bytes(value=i * 40) for i in range(count)}))
+    return upload_ingest(team.project, entries, labels, "upload.zip", team.admin)
+
+
+def test_annotating_a_job_twice_writes_each_image_once(team, tiny_ensemble):
+    job = uploaded_job(team)
+    services.job_annotate(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.annotated, job.total) == ("done", 3, 3)
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)  # as if the message were delivered again
+    services.job_annotate(job.pk)
+    assert Prediction.objects.count() == 9 and Mask.objects.count() == 3
+    assert all(i.annotated_at and i.model_version.startswith(tiny_ensemble.name) for i in job.images.all())
+
+
+def test_a_finished_job_delivered_again_does_nothing(team, tiny_ensemble):
+    job = uploaded_job(team, count=1)
+    services.job_annotate(job.pk)
+    finished_at = Job.objects.get(pk=job.pk).finished_at
+    services.job_annotate(job.pk)
+    assert Job.objects.get(pk=job.pk).finished_at == finished_at and Mask.objects.count() == 1
+
+
+def test_an_ensemble_with_other_classes_fails_the_job_with_a_clear_reason(team, tiny_ensemble):
+    team.project.classes = ["healthy", "tb"]
+    team.project.healthy_class = "healthy"
+    team.project.save()
+    job = uploaded_job(team, count=1)
+    job_annotate_task.apply(args=[job.pk])
+    job.refresh_from_db()
+    assert job.status == "failed" and "['normal', 'lesion']" in job.failure and "['healthy', 'tb']" in job.failure
+    assert Prediction.objects.count() == 0
+
+
+def test_unfinished_jobs_are_sent_again(team, django_capture_on_commit_callbacks):
+    queued = uploaded_job(team, count=1)
+    Job.objects.create(project=team.project, source_name="old.zip", status=Job.Status.DONE)
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert services.jobs_requeue_unfinished() == 1
+    assert len(callbacks) == 1 and Job.objects.get(pk=queued.pk).status == "queued"
