@@ -4,6 +4,7 @@ from functools import wraps
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -11,6 +12,8 @@ from rest_framework.exceptions import ValidationError
 
 from annotator import export, selectors
 from annotator.api import png_zip_response, upload_to_job
+
+IMAGES_PER_PAGE = 100
 
 
 def admin_required(view):
@@ -30,9 +33,10 @@ def home(request):
 def project_detail(request, pk):
     project = selectors.project_get(request.user, pk)
     images = project.images.select_related("reviewed_by").order_by("-flagged", "-uncertainty", "id")
+    page = Paginator(images, IMAGES_PER_PAGE).get_page(request.GET.get("page"))
     return render(request, "annotator/project.html", {
         "project": project,
-        "images": images,
+        "page": page,
         "jobs": project.jobs.all()[:10],
         "can_review": selectors.user_can_review(request.user, project),
     })

@@ -14,8 +14,10 @@ class XGradCamExplainer:
     """Heatmaps of one model toward a chosen class per image, each min-max scaled into [0, 1]."""
 
     def __init__(self, model: nn.Module):
-        self.cam = XGradCAM(model=model, target_layers=[model_target_layer(model)])
+        self.model = model
 
     def __call__(self, images: torch.Tensor, target_classes: list[int]) -> np.ndarray:
         targets = [ClassifierOutputTarget(c) for c in target_classes]
-        return self.cam(input_tensor=images, targets=targets).astype(np.float32)
+        # The context removes the activation and gradient hooks again, so the model is left as it was found.
+        with XGradCAM(model=self.model, target_layers=[model_target_layer(self.model)]) as cam:
+            return cam(input_tensor=images, targets=targets).astype(np.float32)
