@@ -78,7 +78,7 @@ def _file_read(path: Path, limit: int) -> bytes:
         return f.read(limit)
 
 
-def labels_parse(data: bytes | None, project: Project) -> dict[str, str]:
+def labels_parse(data: bytes | None) -> dict[str, str]:
     """File name to label; a CSV without filename and label columns rejects the whole upload."""
     if data is None:
         return {}
@@ -97,7 +97,7 @@ def upload_ingest(project: Project, entries: list[IngestEntry], labels_csv: byte
     """Store the good images as a new study, record the bad ones, and queue the ensemble over the new images."""
     from annotator.tasks import job_annotate_task
 
-    labels = labels_parse(labels_csv, project)
+    labels = labels_parse(labels_csv)
     study = Study.objects.create(project=project, name=source_name)
     job = Job.objects.create(project=project, study=study, created_by=user, source_name=source_name)
     errors = []
