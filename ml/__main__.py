@@ -40,6 +40,7 @@ def _train(args) -> None:
             labels.append(classes.index(mapping[row["label"]]))
     print(f"training on {len(paths)} images ({len(excluded)} excluded)", file=sys.stderr)
     config = TrainConfig(architectures=tuple(args.arch), classes=classes, healthy_class=healthy,
+                         label_map=tuple(mapping.items()),
                          input_size=args.input_size, epochs=args.epochs, seed=args.seed,
                          weights_dtype=args.weights_dtype, use_hub=not args.no_hub,
                          weights_files=tuple(_weights_pairs(args.weights)))

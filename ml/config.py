@@ -9,22 +9,39 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_ARCHITECTURES = ("resnet50", "efficientnet_b0", "densenet121")
 
 
+BINARIZE_METHODS = ("fraction", "otsu", "percentile")
+CONSENSUS_RULES = ("intersection", "union", "majority")
+UNCERTAINTY_MEASURES = ("entropy", "mutual_information")
+
+
 @dataclass(frozen=True)
 class AnnotateConfig:
     """How an image is annotated; the paper leaves all of these open."""
 
     mc_samples: int = 20  # T stochastic passes through the dropout head
     dropout: float = 0.3  # p of the MC-Dropout head
-    binarize_fraction: float = 0.5  # a heatmap pixel is "on" above this fraction of the map's maximum
-    uncertainty_threshold: float = 0.5  # flag above this normalised predictive entropy of the ensemble (0..1)
+    binarize: str = "fraction"  # how a heatmap becomes a mask: fraction of its maximum, Otsu, or a percentile
+    binarize_fraction: float = 0.5  # "fraction": a pixel is on above this fraction of the map's maximum
+    binarize_percentile: float = 90.0  # "percentile": a pixel is on above this percentile of the map
+    consensus: str = "intersection"  # over the models agreeing with the diagnosis: the paper's, union, majority
+    uncertainty_measure: str = "entropy"  # normalised predictive entropy, or mutual information (epistemic part)
+    uncertainty_threshold: float = 0.5  # flag above this value of the measure (both lie in 0..1)
 
     def __post_init__(self):
         if self.mc_samples < 1:
             raise ValueError("mc_samples must be at least 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.binarize not in BINARIZE_METHODS:
+            raise ValueError(f"binarize must be one of {BINARIZE_METHODS}")
         if not 0.0 < self.binarize_fraction < 1.0:
             raise ValueError("binarize_fraction must be in (0, 1)")
+        if not 0.0 < self.binarize_percentile < 100.0:
+            raise ValueError("binarize_percentile must be in (0, 100)")
+        if self.consensus not in CONSENSUS_RULES:
+            raise ValueError(f"consensus must be one of {CONSENSUS_RULES}")
+        if self.uncertainty_measure not in UNCERTAINTY_MEASURES:
+            raise ValueError(f"uncertainty_measure must be one of {UNCERTAINTY_MEASURES}")
         if not 0.0 <= self.uncertainty_threshold <= 1.0:
             raise ValueError("uncertainty_threshold must be in [0, 1]")
 
@@ -41,6 +58,7 @@ class EnsembleManifest:
     std: tuple[float, float, float] = IMAGENET_STD
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     weights_dtype: str = "float32"  # "int8" stores conv/linear weights quantised per output channel
+    label_map: dict = field(default_factory=dict)  # a data set's own label -> one of `classes`, e.g. benign -> lesion
     metrics: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
 
@@ -49,6 +67,15 @@ class EnsembleManifest:
             raise ValueError(f"healthy class {self.healthy_class!r} is not one of {self.classes}")
         if len(self.classes) < 2:
             raise ValueError("an ensemble needs at least two classes")
+
+    def class_of(self, dataset_label: str) -> str:
+        """The class a data set's label stands for; a label that is already a class maps to itself."""
+        if dataset_label in self.classes:
+            return dataset_label
+        if dataset_label in self.label_map:
+            return self.label_map[dataset_label]
+        raise ValueError(f"label {dataset_label!r} is none of the ensemble's classes {self.classes} "
+                         f"and not in its label map {self.label_map}")
 
     @property
     def disease_classes(self) -> list[int]:

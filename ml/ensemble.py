@@ -13,7 +13,7 @@ from torch import nn
 from ml.cam import XGradCamExplainer
 from ml.checkpoint import weights_load, weights_save
 from ml.config import AnnotateConfig, EnsembleManifest
-from ml.consensus import consensus_mask, review_flag
+from ml.consensus import consensus_mask, heatmap_binarize, review_flag
 from ml.data import images_to_tensor
 from ml.models import model_build, model_classifier, model_pooled_features
 from ml.uncertainty import entropy, mc_dropout_probs, mutual_information
@@ -44,13 +44,14 @@ class ModelOpinion:
     entropy: float  # normalised predictive entropy of this model's MC mean
     mutual_information: float
     heatmap: np.ndarray  # float32 in [0, 1], the image's own size, toward `ImageAnnotation.cam_class`
+    mask: np.ndarray  # bool, the heatmap binarised by the configured rule
 
 
 @dataclass
 class ImageAnnotation:
     diagnosis: str
     probabilities: list[float]  # ensemble mean per class
-    uncertainty: float  # normalised predictive entropy of the ensemble mean
+    uncertainty: float  # the configured measure: ensemble predictive entropy or mutual information, 0..1
     flagged: bool
     flag_reason: str
     cam_class: str  # the disease class the heatmaps explain
@@ -114,7 +115,10 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
     model_means = {arch: s.mean(0) for arch, s in samples.items()}  # (batch, classes)
     ensemble_mean = torch.stack(list(model_means.values())).mean(0)
     diagnoses = ensemble_mean.argmax(-1)
-    uncertainty = entropy(ensemble_mean)
+    if config.uncertainty_measure == "mutual_information":
+        uncertainty = mutual_information(torch.cat(list(samples.values())))  # all members' samples pooled
+    else:
+        uncertainty = entropy(ensemble_mean)
     # Heatmaps explain the most likely disease, so a healthy call still shows where a lesion would be sought.
     disease = torch.tensor(manifest.disease_classes)
     cam_classes = disease[ensemble_mean[:, disease].argmax(-1)].tolist()
@@ -125,6 +129,7 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
         diagnosis = int(diagnoses[i])
         labels = [int(model_means[arch][i].argmax()) for arch in ensemble.models]
         own_size = [_resize_map(heatmaps[arch][i], image.size) for arch in ensemble.models]
+        masks = [heatmap_binarize(heatmap, config) for heatmap in own_size]
         opinions = [
             ModelOpinion(
                 architecture=arch,
@@ -135,11 +140,12 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
                 entropy=float(entropy(model_means[arch][i])),
                 mutual_information=float(mutual_information(samples[arch][:, i:i + 1])[0]),
                 heatmap=heatmap,
+                mask=mask,
             )
-            for arch, label, heatmap in zip(ensemble.models, labels, own_size)
+            for arch, label, heatmap, mask in zip(ensemble.models, labels, own_size, masks)
         ]
         reason = review_flag(list(ensemble.models), labels, diagnosis, float(uncertainty[i]),
-                             config.uncertainty_threshold, manifest.classes)
+                             config.uncertainty_threshold, manifest.classes, config.uncertainty_measure)
         results.append(ImageAnnotation(
             diagnosis=manifest.classes[diagnosis],
             probabilities=ensemble_mean[i].tolist(),
@@ -147,7 +153,7 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
             flagged=bool(reason),
             flag_reason=reason,
             cam_class=manifest.classes[cam_classes[i]],
-            mask=consensus_mask(own_size, labels, diagnosis, manifest.disease_classes, config.binarize_fraction),
+            mask=consensus_mask(masks, labels, diagnosis, manifest.disease_classes, config.consensus),
             opinions=opinions,
         ))
     return results

@@ -26,6 +26,7 @@ class TrainConfig:
     architectures: tuple[str, ...]
     classes: tuple[str, ...]
     healthy_class: str
+    label_map: tuple[tuple[str, str], ...] = ()  # data set label -> class, kept in the manifest
     input_size: int = 224
     epochs: int = 30
     batch_size: int = 16
@@ -57,7 +58,8 @@ def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, ou
     torch.manual_seed(config.seed)
     manifest = EnsembleManifest(architectures=list(config.architectures), classes=list(config.classes),
                                 healthy_class=config.healthy_class, input_size=config.input_size,
-                                annotate=config.annotate, weights_dtype=config.weights_dtype)
+                                annotate=config.annotate, weights_dtype=config.weights_dtype,
+                                label_map=dict(config.label_map))
     weights = imagenet_weights_resolve(config.architectures, dict(config.weights_files), config.use_hub)
     ensemble = ensemble_build(manifest, weights)
     # Images are decoded once, a little larger than the input so random crops keep most of the field.

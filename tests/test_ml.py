@@ -137,9 +137,9 @@ def test_mutual_information_is_zero_for_identical_samples_and_positive_when_samp
 
 
 def _square(rows: slice, cols: slice, size: int = 8) -> np.ndarray:
-    heatmap = np.zeros((size, size), dtype=np.float32)
-    heatmap[rows, cols] = 1.0
-    return heatmap
+    mask = np.zeros((size, size), dtype=bool)
+    mask[rows, cols] = True
+    return mask
 
 
 def test_consensus_mask_intersects_only_the_maps_of_models_agreeing_with_the_diagnosis():
@@ -148,15 +148,27 @@ def test_consensus_mask_intersects_only_the_maps_of_models_agreeing_with_the_dia
     dissent = _square(slice(0, 2), slice(6, 8))  # disjoint from the overlap: intersecting it would empty the mask
 
     mask = consensus_mask([agree_a, agree_b, dissent], labels=[LESION, LESION, NORMAL], diagnosis=LESION,
-                          disease_classes=[LESION], fraction=0.5)
+                          disease_classes=[LESION])
 
-    np.testing.assert_array_equal(mask, _square(slice(2, 6), slice(2, 6)).astype(bool))
+    np.testing.assert_array_equal(mask, _square(slice(2, 6), slice(2, 6)))
+
+
+def test_union_and_majority_rules_also_leave_dissenting_models_out():
+    a, b, c = _square(slice(0, 4), slice(0, 4)), _square(slice(2, 6), slice(2, 6)), _square(slice(3, 8), slice(3, 8))
+    dissent = _square(slice(6, 8), slice(0, 2))
+    labels = [LESION, LESION, LESION, NORMAL]
+
+    union = consensus_mask([a, b, c, dissent], labels, LESION, [LESION], rule="union")
+    majority = consensus_mask([a, b, c, dissent], labels, LESION, [LESION], rule="majority")
+
+    np.testing.assert_array_equal(union, a | b | c)
+    np.testing.assert_array_equal(majority, (a & b) | (a & c) | (b & c))
 
 
 def test_consensus_mask_is_empty_for_a_healthy_diagnosis():
     heatmaps = [_square(slice(0, 6), slice(0, 6))] * 3
 
-    mask = consensus_mask(heatmaps, labels=[NORMAL] * 3, diagnosis=NORMAL, disease_classes=[LESION], fraction=0.5)
+    mask = consensus_mask(heatmaps, labels=[NORMAL] * 3, diagnosis=NORMAL, disease_classes=[LESION])
 
     assert mask.shape == (8, 8) and not mask.any()
 
@@ -165,13 +177,25 @@ def test_consensus_mask_is_empty_when_no_model_agrees_with_the_diagnosis():
     # With three classes the ensemble mean can pick a class that no single model picked.
     heatmaps = [_square(slice(0, 6), slice(0, 6))] * 3
 
-    mask = consensus_mask(heatmaps, labels=[0, 2, 2], diagnosis=1, disease_classes=[1, 2], fraction=0.5)
+    mask = consensus_mask(heatmaps, labels=[0, 2, 2], diagnosis=1, disease_classes=[1, 2])
 
     assert not mask.any()
 
 
 def test_heatmap_binarize_of_an_all_zero_map_is_empty():
-    assert not heatmap_binarize(np.zeros((8, 8), dtype=np.float32), fraction=0.5).any()
+    for method in ("fraction", "otsu", "percentile"):
+        assert not heatmap_binarize(np.zeros((8, 8), dtype=np.float32), AnnotateConfig(binarize=method)).any()
+
+
+def test_heatmap_binarize_by_fraction_otsu_and_percentile():
+    ramp = np.linspace(0, 1, 100, dtype=np.float32).reshape(10, 10)
+    bimodal = np.where(np.arange(100).reshape(10, 10) < 30, 0.9, 0.1).astype(np.float32)
+    bimodal += np.random.default_rng(0).normal(0, 0.02, bimodal.shape).astype(np.float32)
+
+    assert heatmap_binarize(ramp, AnnotateConfig(binarize_fraction=0.7)).sum() == 30
+    assert heatmap_binarize(ramp, AnnotateConfig(binarize="percentile", binarize_percentile=90)).sum() == 10
+    np.testing.assert_array_equal(heatmap_binarize(bimodal, AnnotateConfig(binarize="otsu")),
+                                  np.arange(100).reshape(10, 10) < 30)
 
 
 def _flag(labels: list[int], uncertainty: float) -> str:
@@ -283,8 +307,7 @@ WIDE_MASKS = AnnotateConfig(mc_samples=5, binarize_fraction=0.1)
 
 def _overlap(result) -> np.ndarray:
     """The intersection of all the binarised heatmaps, as if every model had diagnosed a lesion."""
-    heatmaps = [opinion.heatmap for opinion in result.opinions]
-    return consensus_mask(heatmaps, [LESION] * 3, LESION, [LESION], WIDE_MASKS.binarize_fraction)
+    return consensus_mask([opinion.mask for opinion in result.opinions], [LESION] * 3, LESION, [LESION])
 
 
 def _favouring(ensemble, class_index: int):
