@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ml import bench
+from ml import evaluate
 from ml.config import DEFAULT_ARCHITECTURES, AnnotateConfig
 
 TASKS = {
@@ -23,7 +25,7 @@ TASKS = {
 
 
 def _train(args) -> None:
-    from ml.train import TrainConfig, ensemble_train
+    from ml.train import TrainConfig, ensemble_train, training_table
 
     classes, healthy, mapping = TASKS[args.task]
     root = args.data.parent
@@ -31,21 +33,23 @@ def _train(args) -> None:
     if args.exclude:
         with args.exclude.open() as f:
             excluded = {Path(row["filename"]).name for row in csv.DictReader(f)}
-    paths, labels = [], []
+    paths, labels, masks = [], [], []
     with args.data.open() as f:
         for row in csv.DictReader(f):
             if Path(row["filename"]).name in excluded or row["label"] not in mapping:
                 continue
             paths.append(root / row["filename"])
             labels.append(classes.index(mapping[row["label"]]))
+            masks.append(root / row["mask_path"] if row.get("mask_path") else None)
     print(f"training on {len(paths)} images ({len(excluded)} excluded)", file=sys.stderr)
     config = TrainConfig(architectures=tuple(args.arch), classes=classes, healthy_class=healthy,
                          label_map=tuple(mapping.items()),
                          input_size=args.input_size, epochs=args.epochs, seed=args.seed,
                          weights_dtype=args.weights_dtype, use_hub=not args.no_hub,
-                         weights_files=tuple(_weights_pairs(args.weights)))
-    ensemble = ensemble_train(paths, labels, config, args.out)
-    print(json.dumps(ensemble.manifest.metrics, indent=2))
+                         weights_files=tuple(_weights_pairs(args.weights)), variance_weight=args.variance_weight)
+    ensemble = ensemble_train(paths, labels, config, args.out, masks)
+    print(training_table(ensemble.manifest.metrics))
+    print(f"checkpoint written to {args.out}")
 
 
 def _weights_pairs(pairs: list[str]):
@@ -56,8 +60,33 @@ def _weights_pairs(pairs: list[str]):
         yield arch, path
 
 
+def _split(args) -> None:
+    """A held-out test split that no training run sees, with near-duplicates kept on one side."""
+    from ml.train import TrainConfig, image_dhash, near_duplicate_groups, split_grouped_stratified
+
+    with args.data.open() as f:
+        rows = list(csv.DictReader(f))
+    root = args.data.parent.resolve()
+    for row in rows:  # absolute paths, so the split files work from wherever they are written
+        row["filename"] = str(root / row["filename"])
+        if row.get("mask_path"):
+            row["mask_path"] = str(root / row["mask_path"])
+    hashes = [image_dhash(Image.open(row["filename"])) for row in rows]
+    groups = near_duplicate_groups(hashes, TrainConfig.duplicate_distance)
+    train, test = split_grouped_stratified([row["label"] for row in rows], groups, args.test_fraction, args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, indices in (("train.csv", train), ("test.csv", test)):
+        with (args.out / name).open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows[i] for i in indices)
+    print(f"{len(train)} training and {len(test)} test images ({len(set(groups))} near-duplicate groups) "
+          f"written to {args.out}")
+
+
 def _annotate(args) -> None:
     from ml.ensemble import annotate, load_ensemble
+    from ml.overlay import overlay_render
 
     ensemble = load_ensemble(args.model)
     config = AnnotateConfig(**{**ensemble.manifest.annotate.__dict__,
@@ -67,12 +96,15 @@ def _annotate(args) -> None:
         result = annotate(ensemble, [Image.open(path)], config)[0]
         stem = args.out / path.stem
         Image.fromarray(result.mask.astype(np.uint8) * 255).save(f"{stem}_mask.png")
+        mean_heatmap = np.mean([opinion.heatmap for opinion in result.opinions], axis=0)
+        overlay_render(Image.open(path), mean_heatmap, result.mask).save(f"{stem}_overlay.png")
         record = {"image": str(path), "diagnosis": result.diagnosis, "probabilities": result.probabilities,
                   "uncertainty": result.uncertainty, "flagged": result.flagged, "flag_reason": result.flag_reason,
-                  "cam_class": result.cam_class, "models": []}
+                  "cam_class": result.cam_class, "mask_pixels": int(result.mask.sum()),
+                  "agreement": sum(o.agrees for o in result.opinions) / len(result.opinions), "models": []}
         for opinion in result.opinions:
             Image.fromarray((opinion.heatmap * 255).astype(np.uint8)).save(f"{stem}_cam_{opinion.architecture}.png")
-            record["models"].append({k: v for k, v in opinion.__dict__.items() if k != "heatmap"})
+            record["models"].append({k: v for k, v in opinion.__dict__.items() if k not in ("heatmap", "mask")})
         Path(f"{stem}.json").write_text(json.dumps(record, indent=2))
         print(f"{path.name}: {result.diagnosis} uncertainty {result.uncertainty:.2f}"
               f"{' FLAGGED: ' + result.flag_reason if result.flagged else ''}")
@@ -85,7 +117,10 @@ def main(argv=None) -> None:
     train.add_argument("--data", type=Path, required=True, help="manifest CSV with filename,label columns")
     train.add_argument("--task", choices=sorted(TASKS), default="lesion-vs-normal")
     train.add_argument("--out", type=Path, required=True)
-    train.add_argument("--arch", nargs=3, default=list(DEFAULT_ARCHITECTURES))
+    train.add_argument("--arch", nargs="+", default=list(DEFAULT_ARCHITECTURES),
+                       help="timm architectures of the members, e.g. resnet50 efficientnet_lite0 densenet121")
+    train.add_argument("--variance-weight", type=float, default=0.0,
+                       help="λ of the paper's extra loss term: variance of the MC-Dropout passes (0: off)")
     train.add_argument("--input-size", type=int, default=224)
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--seed", type=int, default=0)
@@ -95,12 +130,20 @@ def main(argv=None) -> None:
                        help="local ImageNet weights per architecture, e.g. resnet50=/models/resnet50.safetensors")
     train.add_argument("--no-hub", action="store_true", help="never fetch ImageNet weights from timm's hub")
     train.set_defaults(run=_train)
+    split = commands.add_parser("split", help="split a manifest into train.csv and a held-out test.csv")
+    split.add_argument("--data", type=Path, required=True)
+    split.add_argument("--out", type=Path, required=True)
+    split.add_argument("--test-fraction", type=float, default=0.2)
+    split.add_argument("--seed", type=int, default=1)
+    split.set_defaults(run=_split)
     annotate = commands.add_parser("annotate", help="annotate images with a trained ensemble")
     annotate.add_argument("--model", type=Path, required=True)
     annotate.add_argument("--out", type=Path, required=True)
     annotate.add_argument("--samples", type=int, help="MC-Dropout passes (default: the manifest's)")
     annotate.add_argument("images", type=Path, nargs="+")
     annotate.set_defaults(run=_annotate)
+    bench.register(commands)
+    evaluate.register(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.run(args)
