@@ -9,7 +9,7 @@ from ml.config import AnnotateConfig
 from ml.consensus import consensus_mask, heatmap_binarize
 
 FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
+THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.05, 1.0, 0.05))
 
 
 def uncertainty_threshold_choose(uncertainty: list[float], correct: list[bool], target_accuracy: float) -> float:
