@@ -1,4 +1,4 @@
-"""Command line: `python -m ml train ...` and `python -m ml annotate ...`."""
+"""Command line: `python -m ml split | train | annotate | evaluate | bench` (each with --help)."""
 from __future__ import annotations
 
 import argparse
