@@ -104,6 +104,11 @@ class Image(models.Model):
     uncertainty = models.FloatField(null=True, blank=True, help_text="normalised predictive entropy, 0..1")
     flagged = models.BooleanField(default=False)
     flag_reason = models.TextField(blank=True)
+    # Who is looking at it now: a claim keeps two reviewers off the same image until it expires.
+    claimed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    claim_expires_at = models.DateTimeField(null=True, blank=True)
+    last_served_at = models.DateTimeField(null=True, blank=True, help_text="breaks ties in the queue order")
     # The radiologist's decision.
     review_status = models.CharField(max_length=20, choices=ReviewStatus.choices, default=ReviewStatus.PENDING,
                                      db_index=True)

@@ -1,5 +1,5 @@
 """Reads, always through what the user may see: admins see everything, others the projects they belong to."""
-from django.db.models import Count, Q
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q
 from django.shortcuts import get_object_or_404
 
 from annotator.models import Image, Job, Mask, Membership, Project
@@ -45,8 +45,46 @@ def mask_latest(image) -> Mask | None:
 
 
 def review_queue(user, project=None):
-    """Annotated images waiting for a decision: flagged first, the most uncertain first."""
+    """Annotated images waiting for a decision: flagged first, the most uncertain first, then the least recently
+    served."""
     images = images_visible(user).filter(review_status=Image.ReviewStatus.PENDING, annotated_at__isnull=False)
     if project is not None:
         images = images.filter(project=project)
-    return images.order_by("-flagged", "-uncertainty", "id")
+    return images.order_by("-flagged", "-uncertainty", F("last_served_at").asc(nulls_first=True), "id")
+
+
+def claimable(images, user, now):
+    """Of these images, those no other reviewer holds right now."""
+    return images.filter(Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user))
+
+
+QUEUE_STATUSES = ("pending", "in_review", "approved", "rejected")
+
+
+def review_listing(user, now, project=None, status="", label="", uncertainty_min=None, uncertainty_max=None,
+                   reviewer=""):
+    """The queue page's rows and counts per status; with no status, what still waits (pending and in review)."""
+    images = images_visible(user).filter(annotated_at__isnull=False)
+    if project is not None:
+        images = images.filter(project=project)
+    in_review = Q(review_status=Image.ReviewStatus.PENDING, claim_expires_at__gte=now)
+    by_status = {
+        "pending": Q(review_status=Image.ReviewStatus.PENDING) & ~in_review,
+        "in_review": in_review,
+        "approved": Q(review_status=Image.ReviewStatus.APPROVED),
+        "rejected": Q(review_status=Image.ReviewStatus.REJECTED),
+    }
+    counts = images.aggregate(**{name: Count("id", filter=condition) for name, condition in by_status.items()})
+    images = images.filter(by_status[status] if status in by_status else Q(review_status=Image.ReviewStatus.PENDING))
+    if label:
+        images = images.filter(predicted_label=label)
+    if uncertainty_min is not None:
+        images = images.filter(uncertainty__gte=uncertainty_min)
+    if uncertainty_max is not None:
+        images = images.filter(uncertainty__lte=uncertainty_max)
+    if reviewer:
+        images = images.filter(Q(reviewed_by__username=reviewer) | Q(claimed_by__username=reviewer))
+    images = images.select_related("project", "claimed_by", "reviewed_by").annotate(
+        in_review=ExpressionWrapper(in_review, output_field=BooleanField())).order_by(
+        "-flagged", "-uncertainty", F("last_served_at").asc(nulls_first=True), "id")
+    return images, counts

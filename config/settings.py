@@ -135,6 +135,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 
+# Review
+REVIEW_CLAIM_MINUTES = env_int("REVIEW_CLAIM_MINUTES", 15)  # how long "next" keeps an image for one reviewer
+
 # The ensemble
 ENSEMBLE_DIR = Path(os.environ.get("ENSEMBLE_DIR", BASE_DIR / "demo" / "ensemble"))
 ML_DEVICE = os.environ.get("ML_DEVICE") or None  # None: CUDA when present, else CPU

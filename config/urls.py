@@ -15,6 +15,7 @@ urlpatterns = [
     path("projects/<int:pk>/export/coco.json", views.export_coco, name="export-coco"),
     path("projects/<int:pk>/export/masks.zip", views.export_png, name="export-png"),
     path("review/", review_views.queue, name="review-queue"),
+    path("review/next/", review_views.take_next, name="review-next"),
     path("review/images/<int:pk>/", review_views.image_review, name="review-image"),
     path("review/images/<int:pk>/approve/", review_views.approve, name="review-approve"),
     path("review/images/<int:pk>/reject/", review_views.reject, name="review-reject"),

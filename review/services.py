@@ -1,13 +1,38 @@
 """A radiologist's decisions on an image; each one is also kept in the audit trail."""
+from datetime import timedelta
+
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from annotator import selectors
 from annotator.models import Image, Mask
 from review.models import Review
+
+CLAIM_CANDIDATES = 20  # queue heads tried before giving up: each try fails only when another reviewer won it
 
 
 class ReviewError(ValueError):
     pass
+
+
+def image_claim_next(reviewer, project=None) -> Image | None:
+    """Give the reviewer the first image of the queue that nobody else holds, and hold it for them.
+
+    The claim is a conditional UPDATE, so of two reviewers asking at once only one gets a given image; the other
+    moves on to the next. Taking a new image releases the reviewer's earlier claims.
+    """
+    now = timezone.now()
+    Image.objects.filter(claimed_by=reviewer).update(claimed_by=None, claim_expires_at=None)
+    candidates = selectors.claimable(selectors.review_queue(reviewer, project), reviewer, now)
+    for image_id in candidates.values_list("id", flat=True)[:CLAIM_CANDIDATES]:
+        won = selectors.claimable(Image.objects.filter(pk=image_id, review_status=Image.ReviewStatus.PENDING),
+                                  reviewer, now).update(
+            claimed_by=reviewer, claim_expires_at=now + timedelta(minutes=settings.REVIEW_CLAIM_MINUTES),
+            last_served_at=now)
+        if won:
+            return Image.objects.get(pk=image_id)
+    return None
 
 
 @transaction.atomic
@@ -21,9 +46,7 @@ def image_approve(image: Image, reviewer, mask: Mask | None = None, comment: str
         raise ReviewError("that mask belongs to another image")
     image.review_status = Image.ReviewStatus.APPROVED
     image.approved_mask = mask
-    image.reviewed_by = reviewer
-    image.reviewed_at = timezone.now()
-    image.save(update_fields=["review_status", "approved_mask", "reviewed_by", "reviewed_at"])
+    _decision_record(image, reviewer)
     Review.objects.create(image=image, reviewer=reviewer, decision=Review.Decision.APPROVED, mask=mask,
                           comment=comment)
     return image
@@ -35,8 +58,16 @@ def image_reject(image: Image, reviewer, comment: str = "") -> Image:
     image = Image.objects.select_for_update().get(pk=image.pk)
     image.review_status = Image.ReviewStatus.REJECTED
     image.approved_mask = None
-    image.reviewed_by = reviewer
-    image.reviewed_at = timezone.now()
-    image.save(update_fields=["review_status", "approved_mask", "reviewed_by", "reviewed_at"])
+    _decision_record(image, reviewer)
     Review.objects.create(image=image, reviewer=reviewer, decision=Review.Decision.REJECTED, comment=comment)
     return image
+
+
+def _decision_record(image: Image, reviewer) -> None:
+    """Who decided and when; the decision also ends any claim on the image."""
+    image.reviewed_by = reviewer
+    image.reviewed_at = timezone.now()
+    image.claimed_by = None
+    image.claim_expires_at = None
+    image.save(update_fields=["review_status", "approved_mask", "reviewed_by", "reviewed_at", "claimed_by",
+                              "claim_expires_at"])

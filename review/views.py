@@ -2,23 +2,52 @@
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from annotator import selectors
 from review import services
 
 
+QUEUE_PAGE_ROWS = 200
+
+
 def queue(request):
     project = None
     if request.GET.get("project"):
         project = selectors.project_get(request.user, request.GET["project"])
-    images = selectors.review_queue(request.user, project)
+    images, counts = selectors.review_listing(
+        request.user, timezone.now(), project, status=request.GET.get("status", ""),
+        label=request.GET.get("label", ""), uncertainty_min=_number(request.GET.get("min")),
+        uncertainty_max=_number(request.GET.get("max")), reviewer=request.GET.get("reviewer", ""))
     return render(request, "review/queue.html", {
-        "images": images[:200],
+        "images": images[:QUEUE_PAGE_ROWS],
         "count": images.count(),
+        "counts": counts,
+        "status_counts": [(name, name.replace("_", " "), counts[name]) for name in selectors.QUEUE_STATUSES],
         "project": project,
         "projects": selectors.projects_visible(request.user),
+        "filters": request.GET,
     })
+
+
+def _number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def take_next(request):
+    """Claim the next image nobody else holds and open it."""
+    project = None
+    if request.GET.get("project"):
+        project = selectors.project_get(request.user, request.GET["project"])
+    image = services.image_claim_next(request.user, project)
+    if image is None:
+        messages.info(request, "Nothing waits for review that another reviewer is not already on.")
+        return redirect("review-queue")
+    return redirect("review-image", pk=image.pk)
 
 
 def image_review(request, pk):
@@ -28,14 +57,12 @@ def image_review(request, pk):
     for prediction in predictions:
         prediction.rows = [{"name": name, "probability": p, "std": s}
                            for name, p, s in zip(classes, prediction.probabilities, prediction.std)]
-    next_image = selectors.review_queue(request.user, image.project).exclude(pk=image.pk).first()
     return render(request, "review/image.html", {
         "image": image,
         "predictions": predictions,
         "mask": selectors.mask_latest(image),
         "model_mask": image.masks.filter(source="model").order_by("version").first(),
         "can_review": selectors.user_can_review(request.user, image.project),
-        "next_image": next_image,
         "reviews": image.reviews.select_related("reviewer")[:10],
     })
 
@@ -50,7 +77,7 @@ def _decide(request, pk, decide, verb):
         messages.error(request, str(error))
         return redirect("review-image", pk=pk)
     messages.success(request, f"{image.original_name} {verb}.")
-    following = selectors.review_queue(request.user, image.project).first()
+    following = services.image_claim_next(request.user, image.project)
     return redirect("review-image", pk=following.pk) if following else redirect("review-queue")
 
 
