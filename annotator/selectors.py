@@ -40,6 +40,13 @@ def user_can_review(user, project) -> bool:
     return Membership.objects.filter(project=project, user=user, role=Membership.Role.RADIOLOGIST).exists()
 
 
+def projects_reviewable(user):
+    """Projects whose images the user may decide on: all for admins, otherwise those they are a radiologist of."""
+    if user.is_staff:
+        return Project.objects.all()
+    return Project.objects.filter(membership__user=user, membership__role=Membership.Role.RADIOLOGIST)
+
+
 def mask_latest(image) -> Mask | None:
     return image.masks.order_by("-version").first()
 

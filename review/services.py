@@ -24,7 +24,8 @@ def image_claim_next(reviewer, project=None) -> Image | None:
     """
     now = timezone.now()
     Image.objects.filter(claimed_by=reviewer).update(claimed_by=None, claim_expires_at=None)
-    candidates = selectors.claimable(selectors.review_queue(reviewer, project), reviewer, now)
+    queue = selectors.review_queue(reviewer, project).filter(project__in=selectors.projects_reviewable(reviewer))
+    candidates = selectors.claimable(queue, reviewer, now)
     for image_id in candidates.values_list("id", flat=True)[:CLAIM_CANDIDATES]:
         won = selectors.claimable(Image.objects.filter(pk=image_id, review_status=Image.ReviewStatus.PENDING),
                                   reviewer, now).update(

@@ -67,6 +67,12 @@ def test_next_takes_the_queue_head_skips_held_images_and_takes_expired_claims(te
     assert image_claim_next(team.admin) == first
 
 
+def test_viewers_cannot_claim_images(team):
+    annotated_image(team.project, "scan.png", flagged=True)
+    assert image_claim_next(team.viewer) is None and image_claim_next(team.outsider) is None
+    assert Image.objects.get().claimed_by is None
+
+
 def test_taking_a_new_image_releases_the_old_claim_and_deciding_ends_it(team):
     first = annotated_image(team.project, "first.png", uncertainty=0.9, flagged=True)
     second = annotated_image(team.project, "second.png", uncertainty=0.2, flagged=True)
