@@ -16,15 +16,18 @@ class ReviewError(ValueError):
     pass
 
 
-def image_claim_next(reviewer, project=None) -> Image | None:
+def image_claim_next(reviewer, project=None, skip: int | None = None) -> Image | None:
     """Give the reviewer the first image of the queue that nobody else holds, and hold it for them.
 
     The claim is a conditional UPDATE, so of two reviewers asking at once only one gets a given image; the other
-    moves on to the next. Taking a new image releases the reviewer's earlier claims.
+    moves on to the next. Taking a new image releases the reviewer's earlier claims; `skip` is the image the
+    reviewer is moving on from.
     """
     now = timezone.now()
     Image.objects.filter(claimed_by=reviewer).update(claimed_by=None, claim_expires_at=None)
     queue = selectors.review_queue(reviewer, project).filter(project__in=selectors.projects_reviewable(reviewer))
+    if skip is not None:
+        queue = queue.exclude(pk=skip)
     candidates = selectors.claimable(queue, reviewer, now)
     for image_id in candidates.values_list("id", flat=True)[:CLAIM_CANDIDATES]:
         won = selectors.claimable(Image.objects.filter(pk=image_id, review_status=Image.ReviewStatus.PENDING),

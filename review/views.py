@@ -38,12 +38,14 @@ def _number(text):
         return None
 
 
+@require_POST
 def take_next(request):
-    """Claim the next image nobody else holds and open it."""
+    """Claim the next image nobody else holds and open it (a POST: claiming changes state)."""
     project = None
     if request.GET.get("project"):
         project = selectors.project_get(request.user, request.GET["project"])
-    image = services.image_claim_next(request.user, project)
+    skip = request.GET.get("skip")
+    image = services.image_claim_next(request.user, project, skip=int(skip) if skip and skip.isdigit() else None)
     if image is None:
         messages.info(request, "Nothing waits for review that another reviewer is not already on.")
         return redirect("review-queue")

@@ -77,13 +77,16 @@ def test_taking_a_new_image_releases_the_old_claim_and_deciding_ends_it(team):
     first = annotated_image(team.project, "first.png", uncertainty=0.9, flagged=True)
     second = annotated_image(team.project, "second.png", uncertainty=0.2, flagged=True)
     client = team.client(team.radiologist)
-    response = client.get("/review/next/")
+    assert client.get("/review/next/").status_code == 405  # claiming changes state: never on a GET
+    response = client.post("/review/next/")
     assert response.status_code == 302 and response.url == f"/review/images/{first.pk}/"
     client.post(f"/review/images/{first.pk}/approve/")
     first.refresh_from_db()
     second.refresh_from_db()
     assert first.claimed_by is None and second.claimed_by == team.radiologist  # approve moved on to the next
-    assert client.get("/review/next/").url == f"/review/images/{second.pk}/"
+    assert client.post("/review/next/").url == f"/review/images/{second.pk}/"
+    third = annotated_image(team.project, "third.png", uncertainty=0.1, flagged=True)
+    assert client.post(f"/review/next/?skip={second.pk}").url == f"/review/images/{third.pk}/"  # N moves on
 
 
 def test_queue_filters_and_counts_per_status(team):

@@ -66,5 +66,5 @@ document.addEventListener("keydown", (event) => {
   if (key === "h") stage.classList.toggle("overlays-hidden");
   else if (key === "a" && root.dataset.approveButton) submitWith(root.dataset.approveButton);
   else if (key === "r" && root.dataset.rejectButton) submitWith(root.dataset.rejectButton);
-  else if (key === "n" && root.dataset.nextUrl) window.location.href = root.dataset.nextUrl;
+  else if (key === "n") document.getElementById(root.dataset.nextForm).requestSubmit();
 });
