@@ -1,6 +1,7 @@
 """The REST API: the same services as the pages, for scripts (token auth) and the browser (session auth)."""
 import tempfile
 
+from django.conf import settings
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from rest_framework import generics, status
@@ -53,8 +54,6 @@ class UploadApi(APIView):
 
 def upload_to_job(project, upload, user):
     """Shared by the page and the API: the upload's own problems become a 400, not a stored half."""
-    from django.conf import settings
-
     if upload.size > settings.UPLOAD_MAX_BYTES:
         raise ValidationError({"file": [f"the upload is {upload.size} bytes; the limit is "
                                          f"{settings.UPLOAD_MAX_BYTES}"]})

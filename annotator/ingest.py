@@ -117,11 +117,10 @@ def upload_ingest(project: Project, entries: list[IngestEntry], labels_csv: byte
     errors += [{"name": LABELS_FILE, "reason": f"label {v!r} is not one of {project.classes}; left unlabelled"}
                for v in bad_labels]
     job.errors = errors
-    job.total = job.imported
-    if not job.total:
+    if not job.imported:
         job.status = Job.Status.DONE
     job.save()
-    if job.total:
+    if job.imported:
         transaction.on_commit(lambda: job_annotate_task.delay(job.pk))
     return job
 

@@ -63,7 +63,6 @@ class Job(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     imported = models.PositiveIntegerField(default=0)
     duplicates = models.PositiveIntegerField(default=0)
-    total = models.PositiveIntegerField(default=0, help_text="images to annotate")
     annotated = models.PositiveIntegerField(default=0)
     errors = models.JSONField(default=list, blank=True, help_text="[{name, reason}] of files that were rejected")
     failure = models.TextField(blank=True)
@@ -76,6 +75,11 @@ class Job(models.Model):
 
     def __str__(self):
         return f"job {self.pk} ({self.source_name})"
+
+    @property
+    def total(self):
+        """Images to annotate: the new ones of the upload (duplicates were annotated when first imported)."""
+        return self.imported
 
     @property
     def progress(self):

@@ -51,13 +51,16 @@ def mask_latest(image) -> Mask | None:
     return image.masks.order_by("-version").first()
 
 
+QUEUE_ORDER = ("-flagged", "-uncertainty", F("last_served_at").asc(nulls_first=True), "id")
+
+
 def review_queue(user, project=None):
     """Annotated images waiting for a decision: flagged first, the most uncertain first, then the least recently
     served."""
     images = images_visible(user).filter(review_status=Image.ReviewStatus.PENDING, annotated_at__isnull=False)
     if project is not None:
         images = images.filter(project=project)
-    return images.order_by("-flagged", "-uncertainty", F("last_served_at").asc(nulls_first=True), "id")
+    return images.order_by(*QUEUE_ORDER)
 
 
 def claimable(images, user, now):
@@ -92,6 +95,5 @@ def review_listing(user, now, project=None, status="", label="", uncertainty_min
     if reviewer:
         images = images.filter(Q(reviewed_by__username=reviewer) | Q(claimed_by__username=reviewer))
     images = images.select_related("project", "claimed_by", "reviewed_by").annotate(
-        in_review=ExpressionWrapper(in_review, output_field=BooleanField())).order_by(
-        "-flagged", "-uncertainty", F("last_served_at").asc(nulls_first=True), "id")
+        in_review=ExpressionWrapper(in_review, output_field=BooleanField())).order_by(*QUEUE_ORDER)
     return images, counts

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ml import bench
 from ml import evaluate
-from ml.config import DEFAULT_ARCHITECTURES, AnnotateConfig
+from ml.config import DEFAULT_ARCHITECTURES
 
 TASKS = {
     # task name: (classes, healthy class, dataset label -> class)
@@ -84,30 +84,43 @@ def _split(args) -> None:
           f"written to {args.out}")
 
 
+ANNOTATE_BATCH = 8  # images per ensemble pass: the batched path is several times faster than one by one
+
+
 def _annotate(args) -> None:
+    from dataclasses import replace
+
     from ml.ensemble import annotate, load_ensemble
-    from ml.overlay import overlay_render
 
     ensemble = load_ensemble(args.model)
-    config = AnnotateConfig(**{**ensemble.manifest.annotate.__dict__,
-                               **({"mc_samples": args.samples} if args.samples else {})})
+    config = ensemble.manifest.annotate
+    if args.samples:
+        config = replace(config, mc_samples=args.samples)
     args.out.mkdir(parents=True, exist_ok=True)
-    for path in args.images:
-        result = annotate(ensemble, [Image.open(path)], config)[0]
-        stem = args.out / path.stem
-        Image.fromarray(result.mask.astype(np.uint8) * 255).save(f"{stem}_mask.png")
-        mean_heatmap = np.mean([opinion.heatmap for opinion in result.opinions], axis=0)
-        overlay_render(Image.open(path), mean_heatmap, result.mask).save(f"{stem}_overlay.png")
-        record = {"image": str(path), "diagnosis": result.diagnosis, "probabilities": result.probabilities,
-                  "uncertainty": result.uncertainty, "flagged": result.flagged, "flag_reason": result.flag_reason,
-                  "cam_class": result.cam_class, "mask_pixels": int(result.mask.sum()),
-                  "agreement": sum(o.agrees for o in result.opinions) / len(result.opinions), "models": []}
-        for opinion in result.opinions:
-            Image.fromarray((opinion.heatmap * 255).astype(np.uint8)).save(f"{stem}_cam_{opinion.architecture}.png")
-            record["models"].append({k: v for k, v in opinion.__dict__.items() if k not in ("heatmap", "mask")})
-        Path(f"{stem}.json").write_text(json.dumps(record, indent=2))
-        print(f"{path.name}: {result.diagnosis} uncertainty {result.uncertainty:.2f}"
-              f"{' FLAGGED: ' + result.flag_reason if result.flagged else ''}")
+    for start in range(0, len(args.images), ANNOTATE_BATCH):
+        paths = args.images[start:start + ANNOTATE_BATCH]
+        pictures = [Image.open(path) for path in paths]
+        for path, picture, result in zip(paths, pictures, annotate(ensemble, pictures, config, seed=start)):
+            _annotation_write(args.out / path.stem, path, picture, result)
+
+
+def _annotation_write(stem: Path, path: Path, picture, result) -> None:
+    """The mask, an overlay for people, each model's heatmap, and a JSON record of one image."""
+    from ml.overlay import overlay_render
+
+    Image.fromarray(result.mask.astype(np.uint8) * 255).save(f"{stem}_mask.png")
+    mean_heatmap = np.mean([opinion.heatmap for opinion in result.opinions], axis=0)
+    overlay_render(picture, mean_heatmap, result.mask).save(f"{stem}_overlay.png")
+    record = {"image": str(path), "diagnosis": result.diagnosis, "probabilities": result.probabilities,
+              "uncertainty": result.uncertainty, "flagged": result.flagged, "flag_reason": result.flag_reason,
+              "cam_class": result.cam_class, "mask_pixels": int(result.mask.sum()),
+              "agreement": sum(o.agrees for o in result.opinions) / len(result.opinions), "models": []}
+    for opinion in result.opinions:
+        Image.fromarray((opinion.heatmap * 255).astype(np.uint8)).save(f"{stem}_cam_{opinion.architecture}.png")
+        record["models"].append({k: v for k, v in opinion.__dict__.items() if k not in ("heatmap", "mask")})
+    Path(f"{stem}.json").write_text(json.dumps(record, indent=2))
+    print(f"{path.name}: {result.diagnosis} uncertainty {result.uncertainty:.2f}"
+          f"{' FLAGGED: ' + result.flag_reason if result.flagged else ''}")
 
 
 def main(argv=None) -> None:
