@@ -7,6 +7,7 @@ import numpy as np
 
 from ml.config import AnnotateConfig
 from ml.consensus import consensus_mask, heatmap_binarize
+from ml.evaluate import mask_iou
 
 FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.05, 1.0, 0.05))
@@ -40,7 +41,7 @@ def binarize_fraction_choose(results, truths: list[np.ndarray | None], disease_c
             masks = [heatmap_binarize(opinion.heatmap, trial) for opinion in result.opinions]
             labels = [classes.index(opinion.label) for opinion in result.opinions]
             mask = consensus_mask(masks, labels, classes.index(result.diagnosis), disease_classes, trial.consensus)
-            ious.append((mask & truth).sum() / max((mask | truth).sum(), 1))
+            ious.append(mask_iou(mask, truth))
         if best is None or np.mean(ious) > best[1]:
             best = (fraction, float(np.mean(ious)))
     return best
