@@ -51,4 +51,4 @@ class PredictionAdmin(admin.ModelAdmin):
 class MaskAdmin(admin.ModelAdmin):
     list_display = ["image", "version", "source", "author", "pixels", "created_at"]
     list_filter = ["source"]
-    raw_id_fields = ["image", "parent"]
+    raw_id_fields = ["image", "parent", "restored_from"]

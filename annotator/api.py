@@ -103,16 +103,44 @@ class MaskUploadApi(APIView):
         upload = request.FILES.get("file")
         if upload is None:
             raise ValidationError({"file": ["attach the mask as a PNG named 'file'"]})
-        parent = request.data.get("parent_version")
+        parent_version = _parent_version(request)
         try:
-            parent_version = int(parent) if parent not in (None, "") else None
             mask = services.mask_upload(image, upload.read(), request.user, parent_version)
-        except ValueError as error:
+        except services.MaskError as error:
             raise ValidationError({"file": [str(error)]})
         except services.StaleMaskError as error:
-            return Response({"detail": str(error), "latest_version": error.latest_version},
-                            status=status.HTTP_409_CONFLICT)
+            return _stale_response(error)
         return Response(MaskSerializer(mask, context={"request": request}).data, status=status.HTTP_201_CREATED)
+
+
+class MaskRestoreApi(APIView):
+    """POST to bring an older version back as the newest; `parent_version` (optional) as for a mask upload."""
+
+    def post(self, request, pk, version):
+        image = _reviewable_image(request, pk)
+        mask = get_object_or_404(image.masks, version=version)
+        parent_version = _parent_version(request)
+        try:
+            restored = services.mask_restore(image, mask, request.user, parent_version)
+        except services.MaskError as error:
+            raise ValidationError({"detail": str(error)})
+        except services.StaleMaskError as error:
+            return _stale_response(error)
+        return Response(MaskSerializer(restored, context={"request": request}).data, status=status.HTTP_201_CREATED)
+
+
+def _parent_version(request) -> int | None:
+    parent = request.data.get("parent_version")
+    if parent in (None, ""):
+        return None
+    try:
+        return int(parent)
+    except (TypeError, ValueError):
+        raise ValidationError({"parent_version": ["a version number"]})
+
+
+def _stale_response(error):
+    return Response({"detail": str(error), "latest_version": error.latest_version}, status=status.HTTP_409_CONFLICT)
 
 
 class ApproveApi(APIView):
@@ -123,18 +151,29 @@ class ApproveApi(APIView):
             mask = image.masks.filter(pk=request.data["mask"]).first()
             if mask is None:
                 raise ValidationError({"mask": "no such mask of this image"})
-        try:
-            image = review_services.image_approve(image, request.user, mask, request.data.get("comment", ""))
-        except review_services.ReviewError as error:
-            raise ValidationError({"detail": str(error)})
-        return Response(ImageSerializer(image, context={"request": request}).data)
+        return _decision_response(request, review_services.image_approve, image, mask=mask,
+                                  label=request.data.get("label") or "")
 
 
 class RejectApi(APIView):
     def post(self, request, pk):
         image = _reviewable_image(request, pk)
-        image = review_services.image_reject(image, request.user, request.data.get("comment", ""))
-        return Response(ImageSerializer(image, context={"request": request}).data)
+        return _decision_response(request, review_services.image_reject, image, label=request.data.get("label") or "")
+
+
+class RequeueApi(APIView):
+    """POST to send a rejected image back to the review queue."""
+
+    def post(self, request, pk):
+        return _decision_response(request, review_services.image_requeue, _reviewable_image(request, pk))
+
+
+def _decision_response(request, decide, image, **options):
+    try:
+        image = decide(image, request.user, comment=request.data.get("comment", ""), **options)
+    except review_services.ReviewError as error:
+        raise ValidationError({"detail": str(error)})
+    return Response(ImageSerializer(image, context={"request": request}).data)
 
 
 class ReviewQueueApi(generics.ListAPIView):

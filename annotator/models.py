@@ -114,6 +114,7 @@ class Image(models.Model):
     claim_expires_at = models.DateTimeField(null=True, blank=True)
     last_served_at = models.DateTimeField(null=True, blank=True, help_text="breaks ties in the queue order")
     # The radiologist's decision.
+    reviewed_label = models.CharField(max_length=100, blank=True, help_text="the radiologist's image-level diagnosis")
     review_status = models.CharField(max_length=20, choices=ReviewStatus.choices, default=ReviewStatus.PENDING,
                                      db_index=True)
     approved_mask = models.ForeignKey("Mask", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
@@ -165,6 +166,8 @@ class Mask(models.Model):
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="masks")
     version = models.PositiveIntegerField()
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    restored_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                      help_text="the older version whose pixels this one brings back")
     source = models.CharField(max_length=10, choices=Source.choices)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     model_version = models.CharField(max_length=100, blank=True)

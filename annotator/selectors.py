@@ -51,6 +51,11 @@ def mask_latest(image) -> Mask | None:
     return image.masks.order_by("-version").first()
 
 
+def mask_versions(image):
+    """Every mask version of the image, oldest first, with what the history page shows of each."""
+    return image.masks.select_related("author", "parent", "restored_from").order_by("version")
+
+
 QUEUE_ORDER = ("-flagged", "-uncertainty", F("last_served_at").asc(nulls_first=True), "id")
 
 

@@ -39,10 +39,12 @@ class PredictionSerializer(serializers.ModelSerializer):
 class MaskSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
     author = serializers.StringRelatedField()
+    restored_from = serializers.SlugRelatedField(slug_field="version", read_only=True)
 
     class Meta:
         model = Mask
-        fields = ["id", "version", "parent", "source", "author", "model_version", "pixels", "created_at", "url"]
+        fields = ["id", "version", "parent", "restored_from", "source", "author", "model_version", "pixels",
+                  "created_at", "url"]
 
     def get_url(self, mask):
         return self.context["request"].build_absolute_uri(f"/api/masks/{mask.pk}/mask.png")
@@ -52,7 +54,7 @@ class ImageListSerializer(serializers.ModelSerializer):
     class Meta:
         model = Image
         fields = ["id", "project", "original_name", "width", "height", "label", "predicted_label", "uncertainty",
-                  "flagged", "flag_reason", "review_status", "annotated_at"]
+                  "flagged", "flag_reason", "review_status", "reviewed_label", "annotated_at"]
 
 
 class ImageSerializer(ImageListSerializer):

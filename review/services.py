@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from annotator import selectors
 from annotator.models import Image, Mask
+from annotator.services import mask_latest_lock
 from review.models import Review
 
 CLAIM_CANDIDATES = 20  # queue heads tried before giving up: each try fails only when another reviewer won it
@@ -40,38 +41,67 @@ def image_claim_next(reviewer, project=None, skip: int | None = None) -> Image |
 
 
 @transaction.atomic
-def image_approve(image: Image, reviewer, mask: Mask | None = None, comment: str = "") -> Image:
-    """Approve a mask version of the image (the latest by default), recording who and when."""
-    image = Image.objects.select_for_update().get(pk=image.pk)
-    mask = mask or image.masks.order_by("-version").first()
+def image_approve(image: Image, reviewer, mask: Mask | None = None, comment: str = "", label: str = "",
+                  seen_version: int | None = None) -> Image:
+    """Approve a mask version of the image (the latest by default), recording who and when, and the radiologist's
+    diagnosis when a `label` is given. With `seen_version` (the version the reviewer was shown) the approval is
+    refused with StaleMaskError if a newer version was saved meanwhile."""
+    image, latest = mask_latest_lock(image, seen_version, lost="nothing was approved")
+    _label_check(image, label)
+    mask = mask or latest
     if mask is None:
         raise ReviewError("the image has no mask to approve yet")
     if mask.image_id != image.pk:
         raise ReviewError("that mask belongs to another image")
     image.review_status = Image.ReviewStatus.APPROVED
     image.approved_mask = mask
-    _decision_record(image, reviewer)
+    _decision_record(image, reviewer, label)
     Review.objects.create(image=image, reviewer=reviewer, decision=Review.Decision.APPROVED, mask=mask,
-                          comment=comment)
+                          comment=comment, label=label)
     return image
 
 
 @transaction.atomic
-def image_reject(image: Image, reviewer, comment: str = "") -> Image:
+def image_reject(image: Image, reviewer, comment: str = "", label: str = "") -> Image:
     """Reject the model's annotation of the image; no mask of it will be exported."""
     image = Image.objects.select_for_update().get(pk=image.pk)
+    _label_check(image, label)
     image.review_status = Image.ReviewStatus.REJECTED
     image.approved_mask = None
-    _decision_record(image, reviewer)
-    Review.objects.create(image=image, reviewer=reviewer, decision=Review.Decision.REJECTED, comment=comment)
+    _decision_record(image, reviewer, label)
+    Review.objects.create(image=image, reviewer=reviewer, decision=Review.Decision.REJECTED, comment=comment,
+                          label=label)
     return image
 
 
-def _decision_record(image: Image, reviewer) -> None:
-    """Who decided and when; the decision also ends any claim on the image."""
+@transaction.atomic
+def image_requeue(image: Image, reviewer, comment: str = "") -> Image:
+    """Send a rejected image back to the review queue. Who rejected it and when stay on the image until the next
+    decision, and in the audit trail."""
+    image = Image.objects.select_for_update().get(pk=image.pk)
+    if image.review_status != Image.ReviewStatus.REJECTED:
+        raise ReviewError(f"only a rejected image can go back to the queue; this one is {image.review_status}")
+    image.review_status = Image.ReviewStatus.PENDING
+    image.approved_mask = None
+    image.save(update_fields=["review_status", "approved_mask"])
+    Review.objects.create(image=image, reviewer=reviewer, decision=Review.Decision.REQUEUED, comment=comment)
+    return image
+
+
+def _label_check(image: Image, label: str) -> None:
+    classes = image.project.classes
+    if label and label not in classes:
+        raise ReviewError(f"{label!r} is not a diagnosis of project {image.project.name}: "
+                          f"choose one of {', '.join(classes)}")
+
+
+def _decision_record(image: Image, reviewer, label: str) -> None:
+    """Who decided, when and, if they gave one, their diagnosis; the decision also ends any claim on the image."""
+    if label:
+        image.reviewed_label = label
     image.reviewed_by = reviewer
     image.reviewed_at = timezone.now()
     image.claimed_by = None
     image.claim_expires_at = None
-    image.save(update_fields=["review_status", "approved_mask", "reviewed_by", "reviewed_at", "claimed_by",
-                              "claim_expires_at"])
+    image.save(update_fields=["review_status", "approved_mask", "reviewed_label", "reviewed_by", "reviewed_at",
+                              "claimed_by", "claim_expires_at"])

@@ -1,11 +1,12 @@
 """The radiologist's pages: the queue and one image with the ensemble's evidence."""
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
-from django.shortcuts import redirect, render
+from django.core.exceptions import BadRequest, PermissionDenied
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from annotator import selectors
+from annotator import services as annotator_services
 from review import services
 
 
@@ -63,19 +64,47 @@ def image_review(request, pk):
         "image": image,
         "predictions": predictions,
         "mask": selectors.mask_latest(image),
+        "mask_count": image.masks.count(),
         "model_mask": image.masks.filter(source="model").order_by("version").first(),
         "can_review": selectors.user_can_review(request.user, image.project),
-        "reviews": image.reviews.select_related("reviewer")[:10],
+        "diagnosis": image.reviewed_label or image.predicted_label,
+        "reviews": image.reviews.select_related("reviewer", "mask")[:10],
     })
 
 
-def _decide(request, pk, decide, verb):
+def image_history(request, pk):
+    image = selectors.image_get(request.user, pk)
+    return render(request, "review/history.html", {
+        "image": image,
+        "masks": selectors.mask_versions(image),
+        "latest": selectors.mask_latest(image),
+        "can_review": selectors.user_can_review(request.user, image.project),
+    })
+
+
+def _reviewable_image(request, pk):
     image = selectors.image_get(request.user, pk)
     if not selectors.user_can_review(request.user, image.project):
         raise PermissionDenied
+    return image
+
+
+def _posted_version(request, name):
+    """A version number from the form, or None when the form has none."""
+    text = request.POST.get(name, "")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise BadRequest(f"{name} must be a version number")
+    return int(text)
+
+
+def _decide(request, pk, decide, verb, **options):
+    image = _reviewable_image(request, pk)
     try:
-        decide(image, request.user, comment=request.POST.get("comment", ""))
-    except services.ReviewError as error:
+        decide(image, request.user, comment=request.POST.get("comment", ""), label=request.POST.get("label", ""),
+               **options)
+    except (services.ReviewError, annotator_services.StaleMaskError) as error:
         messages.error(request, str(error))
         return redirect("review-image", pk=pk)
     messages.success(request, f"{image.original_name} {verb}.")
@@ -85,9 +114,37 @@ def _decide(request, pk, decide, verb):
 
 @require_POST
 def approve(request, pk):
-    return _decide(request, pk, services.image_approve, "approved")
+    # The page posts the version it showed, so a version saved on top meanwhile is never approved unseen.
+    return _decide(request, pk, services.image_approve, "approved",
+                   seen_version=_posted_version(request, "mask_version"))
 
 
 @require_POST
 def reject(request, pk):
     return _decide(request, pk, services.image_reject, "rejected")
+
+
+@require_POST
+def requeue(request, pk):
+    image = _reviewable_image(request, pk)
+    try:
+        services.image_requeue(image, request.user, comment=request.POST.get("comment", ""))
+    except services.ReviewError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"{image.original_name} is back in the review queue.")
+    return redirect("review-image", pk=pk)
+
+
+@require_POST
+def restore(request, pk, version):
+    image = _reviewable_image(request, pk)
+    mask = get_object_or_404(image.masks, version=version)
+    try:
+        restored = annotator_services.mask_restore(image, mask, request.user,
+                                                   _posted_version(request, "parent_version"))
+    except (annotator_services.MaskError, annotator_services.StaleMaskError) as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Version {mask.version} restored as version {restored.version}.")
+    return redirect("review-image", pk=pk)

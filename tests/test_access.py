@@ -1,26 +1,38 @@
 """Everything needs a login; project membership decides what anyone sees; only admins upload and export."""
 import pytest
 
-from tests.factories import annotated_image
+from annotator.models import Mask
+from annotator.services import mask_create
+from tests.factories import annotated_image, box_mask
 
 
 @pytest.fixture
 def urls(team):
     image = annotated_image(team.project)
+    model_mask = image.masks.get()
+    # A drawn version on top of the model's, so that version 1 can be restored.
+    mask_create(image, box_mask((40, 30), (0, 0, 9, 9)), Mask.Source.HUMAN, author=team.radiologist,
+                parent=model_mask)
     p, i = team.project.pk, image.pk
     urls = {
-        "pages": ["/", "/review/", f"/projects/{p}/", f"/review/images/{i}/"],
-        "project_pages": [f"/projects/{p}/", f"/review/images/{i}/"],
+        "pages": ["/", "/review/", f"/projects/{p}/", f"/review/images/{i}/", f"/review/images/{i}/history/"],
+        "project_pages": [f"/projects/{p}/", f"/review/images/{i}/", f"/review/images/{i}/history/"],
         "admin_pages": [f"/projects/{p}/export/coco.json", f"/projects/{p}/export/masks.zip"],
-        "decisions": [f"/review/images/{i}/approve/", f"/review/images/{i}/reject/"],
+        "restore": f"/review/images/{i}/masks/1/restore/",
+        "requeue": f"/review/images/{i}/requeue/",
         "api_project": [f"/api/projects/{p}/", f"/api/projects/{p}/images/", f"/api/images/{i}/",
                         f"/api/images/{i}/image", f"/api/predictions/{image.predictions.first().pk}/heatmap.png",
-                        f"/api/masks/{image.masks.get().pk}/mask.png"],
+                        f"/api/masks/{model_mask.pk}/mask.png"],
         "api_admin": [f"/api/projects/{p}/export/coco/", f"/api/projects/{p}/export/png/"],
-        "api_decisions": [f"/api/images/{i}/approve/", f"/api/images/{i}/reject/"],
+        "api_restore": f"/api/images/{i}/masks/1/restore/",
+        "api_requeue": f"/api/images/{i}/requeue/",
         "upload": f"/api/projects/{p}/uploads/",
         "image": image,
     }
+    urls["decisions"] = [f"/review/images/{i}/approve/", f"/review/images/{i}/reject/", urls["restore"],
+                         urls["requeue"]]
+    urls["api_decisions"] = [f"/api/images/{i}/approve/", f"/api/images/{i}/reject/", urls["api_restore"],
+                             urls["api_requeue"]]
     urls["api"] = urls["api_project"] + ["/api/review/queue/"]
     return urls
 
@@ -82,6 +94,27 @@ def test_radiologists_review_but_do_not_upload_or_export(team, urls):
         assert api.get(url).status_code == 403, url
     assert api.post(urls["upload"]).status_code == 403
     assert api.post(urls["api_decisions"][0]).status_code == 200
+
+
+@pytest.mark.parametrize("role", ["radiologist", "admin"])
+def test_radiologists_and_admins_restore_versions_and_send_rejected_images_back(team, urls, role):
+    user = getattr(team, role)
+    client, api = team.client(user), team.api(user)
+    image_page = f"/review/images/{urls['image'].pk}/"
+    assert api.post(urls["api_restore"], {"parent_version": 2}).status_code == 201
+    response = client.post(urls["restore"], {"parent_version": 3})
+    assert response.status_code == 302 and response.url == image_page
+    assert urls["image"].masks.count() == 4
+    # Only a rejected image goes back to the queue: for a pending one the request itself is refused.
+    assert api.post(urls["api_requeue"]).status_code == 400
+    assert client.post(urls["requeue"]).status_code == 302
+    assert not urls["image"].reviews.exists()
+    assert api.post(urls["api_decisions"][1]).status_code == 200
+    assert api.post(urls["api_requeue"]).status_code == 200
+    assert client.post(urls["decisions"][1]).status_code == 302
+    response = client.post(urls["requeue"])
+    assert response.status_code == 302 and response.url == image_page
+    assert urls["image"].reviews.filter(decision="requeued").count() == 2
 
 
 def test_admins_reach_everything_including_the_django_admin(team, urls):
