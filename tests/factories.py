@@ -10,11 +10,16 @@ from annotator.services import _png, mask_create
 from PIL import Image as PILImage
 
 
-def annotated_image(project, name="scan.png", size=(40, 30), uncertainty=0.3, flagged=False, box=(5, 5, 20, 15)):
-    """An image the ensemble has seen: one prediction per model and a model mask filling `box` (x1, y1, x2, y2)."""
+def annotated_image(project, name="scan.png", size=(40, 30), uncertainty=0.3, flagged=False, box=(5, 5, 20, 15),
+                    picture=None):
+    """An image the ensemble has seen: one prediction per model, each with a heatmap peaking on `box`
+    (x1, y1, x2, y2), and a model mask filling `box`. `picture`: a real image file to use instead of a grey one."""
+    if picture is not None:
+        data = picture.read_bytes()
+        size = PILImage.open(picture).size
+    else:
+        data = _png(PILImage.new("L", size, 90)).read()
     width, height = size
-    picture = PILImage.new("L", size, 90)
-    data = _png(picture).read()
     digest = hashlib.sha256(data + name.encode()).hexdigest()
     image = Image(project=project, sha256=digest, original_name=name, width=width, height=height,
                   annotated_at=timezone.now(), model_version="test@0", predicted_label="lesion",
@@ -25,10 +30,20 @@ def annotated_image(project, name="scan.png", size=(40, 30), uncertainty=0.3, fl
         prediction = Prediction(image=image, architecture=arch, model_version="test@0", label="lesion", agrees=True,
                                 probabilities=[0.2, 0.8], std=[0.05, 0.05], entropy=0.7, mutual_information=0.01,
                                 cam_class="lesion")
-        prediction.heatmap.save(f"{image.pk}-{arch}.png", _png(PILImage.new("L", size, 128)), save=False)
+        prediction.heatmap.save(f"{image.pk}-{arch}.png", _png(heatmap_on(size, box)), save=False)
         prediction.save()
     mask_create(image, box_mask(size, box), Mask.Source.MODEL, model_version="test@0")
     return image
+
+
+def heatmap_on(size, box):
+    """A saliency map like XGrad-CAM's: a smooth bump on the box, 0..255."""
+    width, height = size
+    x1, y1, x2, y2 = box
+    ys, xs = np.mgrid[0:height, 0:width]
+    spread = max(x2 - x1, y2 - y1, 2)
+    bump = np.exp(-(((xs - (x1 + x2) / 2) ** 2 + (ys - (y1 + y2) / 2) ** 2) / (2 * spread ** 2)))
+    return PILImage.fromarray(np.round(255 * bump / bump.max()).astype(np.uint8))
 
 
 def box_mask(size, box):

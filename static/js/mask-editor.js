@@ -1,0 +1,511 @@
+// The canvas mask editor: brush, eraser, flood fill, polygon fill, clear, undo/redo, zoom and pan, and saving the
+// mask as a PNG to the API. Everything it needs comes from data- attributes of its root element:
+//   data-width, data-height      the image's size in pixels (the mask has the same size)
+//   data-mask-src                the PNG of the mask version to start from (optional: empty mask)
+//   data-mask-version            that version's number, sent as parent_version so a stale save answers 409
+//   data-save-url, data-csrf-token, data-editable ("true" for reviewers; otherwise only zoom and pan)
+// The mask lives twice: `bits` (one byte per pixel, 0 or 1) is the truth that is saved; the visible canvas is
+// redrawn from it only in the rectangle each edit touched, so an edit costs the size of the edit, not of the image.
+
+const HISTORY_LIMIT = 100;
+const MIN_SIZE = 1;
+const MAX_SIZE = 400;
+const MAX_ZOOM = 32;
+
+export class MaskEditor {
+  constructor(root) {
+    this.root = root;
+    this.width = Number(root.dataset.width);
+    this.height = Number(root.dataset.height);
+    this.version = root.dataset.maskVersion ? Number(root.dataset.maskVersion) : null;
+    this.saveUrl = root.dataset.saveUrl;
+    this.csrfToken = root.dataset.csrfToken;
+    this.editable = root.dataset.editable === "true";
+    this.color = (root.dataset.color || "255,59,48").split(",").map(Number);
+
+    this.viewport = root.querySelector("[data-viewport]");
+    this.stage = root.querySelector("[data-stage]");
+    this.canvas = root.querySelector("[data-mask-canvas]");
+    this.guides = root.querySelector("[data-guides]");
+    this.cursor = this.guides.querySelector("[data-cursor]");
+    this.polygonLine = this.guides.querySelector("[data-polygon]");
+    this.canvas.width = this.width;
+    this.canvas.height = this.height;
+    this.ctx = this.canvas.getContext("2d", { willReadFrequently: true });
+
+    this.bits = new Uint8Array(this.width * this.height);
+    this.undoStack = [];
+    this.redoStack = [];
+    this.savedEntry = null; // the undo entry on top when the mask was last loaded or saved
+    this.tool = "brush";
+    this.size = Math.max(4, Math.round(Math.min(this.width, this.height) / 40));
+    this.zoom = { scale: 1, x: 0, y: 0 };
+    this.stroke = null;
+    this.polygon = [];
+    this.panning = null;
+    this.spaceHeld = false;
+    this.saving = null;
+
+    this.ready = this.load(root.dataset.maskSrc);
+    this.bindPointer();
+    this.bindKeys();
+    new ResizeObserver(() => this.fit()).observe(this.viewport);
+    this.fit();
+  }
+
+  // ---- state other code reads ----
+  get dirty() {
+    return this.top() !== this.savedEntry;
+  }
+
+  top() {
+    return this.undoStack[this.undoStack.length - 1] || null;
+  }
+
+  foregroundPixels() {
+    let count = 0;
+    for (let i = 0; i < this.bits.length; i++) count += this.bits[i];
+    return count;
+  }
+
+  async load(src) {
+    if (!src) return this.changed();
+    const picture = new Image();
+    picture.src = src;
+    await picture.decode();
+    const scratch = document.createElement("canvas");
+    scratch.width = this.width;
+    scratch.height = this.height;
+    const scratchCtx = scratch.getContext("2d", { willReadFrequently: true });
+    scratchCtx.drawImage(picture, 0, 0);
+    const data = scratchCtx.getImageData(0, 0, this.width, this.height).data;
+    for (let i = 0; i < this.bits.length; i++) this.bits[i] = data[i * 4] > 0 ? 1 : 0;
+    this.paint(0, 0, this.width, this.height);
+    this.changed();
+  }
+
+  // ---- drawing the bits onto the visible canvas ----
+  paint(x, y, w, h) {
+    const pixels = this.ctx.createImageData(w, h);
+    const data = pixels.data;
+    const [r, g, b] = this.color;
+    for (let row = 0; row < h; row++) {
+      let source = (y + row) * this.width + x;
+      let target = row * w * 4;
+      for (let col = 0; col < w; col++, source++, target += 4) {
+        if (this.bits[source]) {
+          data[target] = r; data[target + 1] = g; data[target + 2] = b; data[target + 3] = 255;
+        }
+      }
+    }
+    this.ctx.putImageData(pixels, x, y);
+  }
+
+  // ---- edits: each one becomes an undo entry holding the rectangle before and after ----
+  region(x1, y1, x2, y2) {
+    const x = Math.max(0, Math.floor(x1)), y = Math.max(0, Math.floor(y1));
+    const w = Math.min(this.width, Math.ceil(x2)) - x, h = Math.min(this.height, Math.ceil(y2)) - y;
+    return w > 0 && h > 0 ? { x, y, w, h } : null;
+  }
+
+  snapshot({ x, y, w, h }) {
+    const copy = new Uint8Array(w * h);
+    for (let row = 0; row < h; row++) {
+      const start = (y + row) * this.width + x;
+      copy.set(this.bits.subarray(start, start + w), row * w);
+    }
+    return copy;
+  }
+
+  restore({ x, y, w, h }, copy) {
+    for (let row = 0; row < h; row++) this.bits.set(copy.subarray(row * w, (row + 1) * w), (y + row) * this.width + x);
+    this.paint(x, y, w, h);
+  }
+
+  record(area, before) {
+    const after = this.snapshot(area);
+    if (after.every((v, i) => v === before[i])) return;
+    this.undoStack.push({ area, before, after });
+    if (this.undoStack.length > HISTORY_LIMIT) this.undoStack.shift();
+    this.redoStack = [];
+    this.changed();
+  }
+
+  // What the canvas shows in `area` (a stroke or polygon drawn with the 2D context) becomes the bits: anti-aliased
+  // edges count from half coverage, so the saved mask is strictly 0/1 and looks exactly as drawn.
+  commitCanvas(area) {
+    if (!area) return;
+    const before = this.snapshot(area);
+    const alpha = this.ctx.getImageData(area.x, area.y, area.w, area.h).data;
+    for (let row = 0; row < area.h; row++) {
+      const start = (area.y + row) * this.width + area.x;
+      for (let col = 0; col < area.w; col++) this.bits[start + col] = alpha[(row * area.w + col) * 4 + 3] >= 128 ? 1 : 0;
+    }
+    this.paint(area.x, area.y, area.w, area.h);
+    this.record(area, before);
+  }
+
+  undo() {
+    const entry = this.undoStack.pop();
+    if (!entry) return;
+    this.restore(entry.area, entry.before);
+    this.redoStack.push(entry);
+    this.changed();
+  }
+
+  redo() {
+    const entry = this.redoStack.pop();
+    if (!entry) return;
+    this.restore(entry.area, entry.after);
+    this.undoStack.push(entry);
+    this.changed();
+  }
+
+  clear() {
+    const area = { x: 0, y: 0, w: this.width, h: this.height };
+    const before = this.snapshot(area);
+    this.bits.fill(0);
+    this.ctx.clearRect(0, 0, this.width, this.height);
+    this.record(area, before);
+  }
+
+  // Flood fill from a pixel: a background region (e.g. inside an outline) becomes mask; clicking a painted region
+  // removes that whole connected blob. 4-connected scanline fill.
+  fill(px, py) {
+    const x0 = Math.floor(px), y0 = Math.floor(py);
+    if (x0 < 0 || y0 < 0 || x0 >= this.width || y0 >= this.height) return;
+    const { width, height, bits } = this;
+    const target = bits[y0 * width + x0];
+    const inside = new Uint8Array(width * height);
+    let minX = x0, maxX = x0, minY = y0, maxY = y0;
+    const stack = [x0, y0];
+    while (stack.length) {
+      const y = stack.pop(), x = stack.pop();
+      let left = x;
+      const rowStart = y * width;
+      if (inside[rowStart + x] || bits[rowStart + x] !== target) continue;
+      while (left > 0 && bits[rowStart + left - 1] === target && !inside[rowStart + left - 1]) left--;
+      let right = x;
+      while (right < width - 1 && bits[rowStart + right + 1] === target && !inside[rowStart + right + 1]) right++;
+      for (let i = left; i <= right; i++) inside[rowStart + i] = 1;
+      minX = Math.min(minX, left); maxX = Math.max(maxX, right);
+      minY = Math.min(minY, y); maxY = Math.max(maxY, y);
+      for (const ny of [y - 1, y + 1]) {
+        if (ny < 0 || ny >= height) continue;
+        const next = ny * width;
+        for (let i = left; i <= right; i++) {
+          if (!inside[next + i] && bits[next + i] === target && (i === left || inside[next + i - 1] || bits[next + i - 1] !== target)) {
+            stack.push(i, ny);
+          }
+        }
+      }
+    }
+    const area = { x: minX, y: minY, w: maxX - minX + 1, h: maxY - minY + 1 };
+    const before = this.snapshot(area);
+    const value = target ? 0 : 1;
+    for (let row = area.y; row < area.y + area.h; row++) {
+      for (let col = area.x; col < area.x + area.w; col++) if (inside[row * width + col]) bits[row * width + col] = value;
+    }
+    this.paint(area.x, area.y, area.w, area.h);
+    this.record(area, before);
+  }
+
+  // ---- brush and eraser strokes, drawn straight onto the canvas while the pointer moves ----
+  strokeStart(point) {
+    const ctx = this.ctx;
+    ctx.globalCompositeOperation = this.tool === "eraser" ? "destination-out" : "source-over";
+    ctx.fillStyle = ctx.strokeStyle = `rgb(${this.color.join(",")})`;
+    ctx.lineWidth = this.size;
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.arc(point.x, point.y, this.size / 2, 0, 2 * Math.PI);
+    ctx.fill();
+    const r = this.size / 2 + 2;
+    this.stroke = { last: point, box: [point.x - r, point.y - r, point.x + r, point.y + r] };
+  }
+
+  strokeTo(point) {
+    const { ctx, stroke } = this;
+    ctx.beginPath();
+    ctx.moveTo(stroke.last.x, stroke.last.y);
+    ctx.lineTo(point.x, point.y);
+    ctx.stroke();
+    const r = this.size / 2 + 2, box = stroke.box;
+    box[0] = Math.min(box[0], point.x - r); box[1] = Math.min(box[1], point.y - r);
+    box[2] = Math.max(box[2], point.x + r); box[3] = Math.max(box[3], point.y + r);
+    stroke.last = point;
+  }
+
+  strokeEnd() {
+    const box = this.stroke.box;
+    this.stroke = null;
+    this.ctx.globalCompositeOperation = "source-over";
+    this.commitCanvas(this.region(...box));
+  }
+
+  // ---- polygon fill: click the corners, close with a click on the first corner, a double click or Enter ----
+  polygonAdd(point) {
+    const first = this.polygon[0];
+    const closeEnough = 8 / this.zoom.scale;
+    if (first && this.polygon.length > 2 && Math.hypot(point.x - first.x, point.y - first.y) < closeEnough) {
+      this.polygonClose();
+      return;
+    }
+    this.polygon.push(point);
+    this.drawGuides();
+  }
+
+  polygonClose() {
+    const points = this.polygon;
+    this.polygon = [];
+    this.drawGuides();
+    if (points.length < 3) return;
+    const ctx = this.ctx;
+    ctx.globalCompositeOperation = "source-over";
+    ctx.fillStyle = `rgb(${this.color.join(",")})`;
+    ctx.beginPath();
+    points.forEach((p, i) => (i ? ctx.lineTo(p.x, p.y) : ctx.moveTo(p.x, p.y)));
+    ctx.closePath();
+    ctx.fill();
+    const xs = points.map((p) => p.x), ys = points.map((p) => p.y);
+    this.commitCanvas(this.region(Math.min(...xs) - 2, Math.min(...ys) - 2, Math.max(...xs) + 2, Math.max(...ys) + 2));
+  }
+
+  drawGuides(point) {
+    const points = this.polygon.map((p) => `${p.x},${p.y}`);
+    if (point && this.polygon.length) points.push(`${point.x},${point.y}`);
+    this.polygonLine.setAttribute("points", points.join(" "));
+    this.polygonLine.setAttribute("stroke-width", 1.5 / this.zoom.scale);
+    if (point) {
+      this.cursor.setAttribute("cx", point.x);
+      this.cursor.setAttribute("cy", point.y);
+    }
+    this.cursor.setAttribute("r", this.size / 2);
+    this.cursor.setAttribute("stroke-width", 1.5 / this.zoom.scale);
+    this.cursor.style.display = this.editable && (this.tool === "brush" || this.tool === "eraser") ? "" : "none";
+  }
+
+  // ---- tools, size, zoom ----
+  setTool(tool) {
+    if (!this.editable) return;
+    if (tool !== "polygon") this.polygon = [];
+    this.tool = tool;
+    this.root.dataset.tool = tool;
+    this.drawGuides();
+    this.changed();
+  }
+
+  setSize(size) {
+    this.size = Math.round(Math.min(MAX_SIZE, Math.max(MIN_SIZE, size)));
+    this.drawGuides();
+    this.changed();
+  }
+
+  fit() {
+    const box = this.viewport.getBoundingClientRect();
+    if (!box.width || !box.height) return;
+    const scale = Math.min(box.width / this.width, box.height / this.height);
+    this.zoom = { scale, x: (box.width - this.width * scale) / 2, y: (box.height - this.height * scale) / 2 };
+    this.applyZoom();
+  }
+
+  zoomAt(factor, clientX, clientY) {
+    const box = this.viewport.getBoundingClientRect();
+    const cx = clientX === undefined ? box.width / 2 : clientX - box.left;
+    const cy = clientY === undefined ? box.height / 2 : clientY - box.top;
+    const fitScale = Math.min(box.width / this.width, box.height / this.height);
+    const scale = Math.min(MAX_ZOOM, Math.max(fitScale / 4, this.zoom.scale * factor));
+    const k = scale / this.zoom.scale;
+    this.zoom = { scale, x: cx - (cx - this.zoom.x) * k, y: cy - (cy - this.zoom.y) * k };
+    this.applyZoom();
+  }
+
+  applyZoom() {
+    const { scale, x, y } = this.zoom;
+    this.stage.style.transform = `translate(${x}px, ${y}px) scale(${scale})`;
+    this.stage.classList.toggle("magnified", scale > 4);
+    this.drawGuides();
+    this.changed();
+  }
+
+  imagePoint(event) {
+    const box = this.viewport.getBoundingClientRect();
+    return {
+      x: (event.clientX - box.left - this.zoom.x) / this.zoom.scale,
+      y: (event.clientY - box.top - this.zoom.y) / this.zoom.scale,
+    };
+  }
+
+  // ---- input ----
+  bindPointer() {
+    const viewport = this.viewport;
+    viewport.addEventListener("pointerdown", (event) => {
+      const pan = event.button === 1 || (event.button === 0 && (this.spaceHeld || this.tool === "pan" || !this.editable));
+      if (pan) {
+        this.panning = { x: event.clientX - this.zoom.x, y: event.clientY - this.zoom.y };
+        viewport.setPointerCapture(event.pointerId);
+        viewport.classList.add("panning");
+        event.preventDefault();
+        return;
+      }
+      if (event.button !== 0) return;
+      const point = this.imagePoint(event);
+      if (this.tool === "brush" || this.tool === "eraser") {
+        viewport.setPointerCapture(event.pointerId);
+        this.strokeStart(point);
+      } else if (this.tool === "fill") {
+        this.fill(point.x, point.y);
+      } else if (this.tool === "polygon") {
+        if (event.detail === 2) this.polygonClose();
+        else this.polygonAdd(point);
+      }
+      event.preventDefault();
+    });
+    viewport.addEventListener("pointermove", (event) => {
+      if (this.panning) {
+        this.zoom = { ...this.zoom, x: event.clientX - this.panning.x, y: event.clientY - this.panning.y };
+        this.applyZoom();
+        return;
+      }
+      if (this.stroke) {
+        const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+        for (const each of events.length ? events : [event]) this.strokeTo(this.imagePoint(each));
+      }
+      this.drawGuides(this.imagePoint(event));
+    });
+    const end = () => {
+      if (this.stroke) this.strokeEnd();
+      if (this.panning) {
+        this.panning = null;
+        viewport.classList.remove("panning");
+      }
+    };
+    viewport.addEventListener("pointerup", end);
+    viewport.addEventListener("pointercancel", end);
+    viewport.addEventListener("wheel", (event) => {
+      event.preventDefault();
+      this.zoomAt(Math.exp(-event.deltaY * 0.0015), event.clientX, event.clientY);
+    }, { passive: false });
+    viewport.addEventListener("contextmenu", (event) => event.preventDefault());
+    viewport.addEventListener("pointerleave", () => { this.cursor.style.display = "none"; });
+    viewport.addEventListener("pointerenter", () => this.drawGuides());
+
+    for (const button of this.root.querySelectorAll("[data-tool]")) {
+      button.addEventListener("click", () => this.setTool(button.dataset.tool));
+    }
+    const actions = {
+      undo: () => this.undo(), redo: () => this.redo(), clear: () => this.clear(), save: () => this.save(),
+      "zoom-in": () => this.zoomAt(1.25), "zoom-out": () => this.zoomAt(0.8), fit: () => this.fit(),
+    };
+    for (const button of this.root.querySelectorAll("[data-action]")) {
+      button.addEventListener("click", () => actions[button.dataset.action]());
+    }
+    this.sizeInput = this.root.querySelector("[data-size]");
+    this.sizeInput?.addEventListener("input", () => this.setSize(Number(this.sizeInput.value)));
+  }
+
+  bindKeys() {
+    document.addEventListener("keydown", (event) => {
+      if (event.target.closest("input, textarea, select")) return;
+      const key = event.key.toLowerCase();
+      const command = event.ctrlKey || event.metaKey;
+      if (key === " ") {
+        this.spaceHeld = true;
+        event.preventDefault();
+        return;
+      }
+      if (command) {
+        if (key === "z" && event.shiftKey) this.redo();
+        else if (key === "z" || key === "y") (key === "z" ? this.undo() : this.redo());
+        else if (key === "s") this.save();
+        else return;
+        event.preventDefault();
+        return;
+      }
+      if (event.altKey) return;
+      const handled = {
+        b: () => this.setTool("brush"), e: () => this.setTool("eraser"), f: () => this.setTool("fill"),
+        p: () => this.setTool("polygon"), v: () => this.setTool("pan"),
+        "[": () => this.setSize(this.size / 1.2 - 0.5), "]": () => this.setSize(this.size * 1.2 + 0.5),
+        "+": () => this.zoomAt(1.25), "=": () => this.zoomAt(1.25), "-": () => this.zoomAt(0.8), "0": () => this.fit(),
+        enter: () => this.polygonClose(), escape: () => { this.polygon = []; this.drawGuides(); },
+      }[key];
+      if (!handled) return;
+      handled();
+      event.preventDefault();
+    });
+    document.addEventListener("keyup", (event) => {
+      if (event.key === " ") this.spaceHeld = false;
+    });
+  }
+
+  // ---- saving: a PNG (alpha = mask) posted with the version it was drawn on ----
+  toBlob() {
+    const out = document.createElement("canvas");
+    out.width = this.width;
+    out.height = this.height;
+    const outCtx = out.getContext("2d");
+    const pixels = outCtx.createImageData(this.width, this.height);
+    const data = pixels.data;
+    for (let i = 0; i < this.bits.length; i++) {
+      if (this.bits[i]) { const o = i * 4; data[o] = data[o + 1] = data[o + 2] = data[o + 3] = 255; }
+    }
+    outCtx.putImageData(pixels, 0, 0);
+    return new Promise((resolve) => out.toBlob(resolve, "image/png"));
+  }
+
+  // Resolves to the saved version, or null. On a conflict (someone saved on top meanwhile) the drawing stays on
+  // screen; `save(latestVersion)` then stores it as the newest version, keeping theirs in the history.
+  save(parentVersion = this.version) {
+    if (!this.editable) return Promise.resolve(null);
+    if (!this.saving) this.saving = this.upload(parentVersion).finally(() => { this.saving = null; this.changed(); });
+    return this.saving;
+  }
+
+  async upload(parentVersion) {
+    const entry = this.top();
+    this.status("Saving…", "busy");
+    const form = new FormData();
+    form.append("file", await this.toBlob(), "mask.png");
+    if (parentVersion !== null) form.append("parent_version", parentVersion);
+    let response;
+    try {
+      response = await fetch(this.saveUrl, {
+        method: "POST", body: form, credentials: "same-origin", headers: { "X-CSRFToken": this.csrfToken },
+      });
+    } catch (error) {
+      this.status(`Not saved: the server could not be reached (${error.message}). Your drawing is still here.`, "error");
+      return null;
+    }
+    const body = await response.json().catch(() => ({}));
+    if (response.status === 201) {
+      this.version = body.version;
+      this.savedEntry = entry;
+      this.status(`Saved as version ${body.version}`, "ok");
+      this.root.dispatchEvent(new CustomEvent("mask:saved", { detail: body }));
+      return body.version;
+    }
+    if (response.status === 409) {
+      this.status(body.detail || "Someone saved a newer version.", "error", body.latest_version);
+      this.root.dispatchEvent(new CustomEvent("mask:conflict", { detail: body }));
+      return null;
+    }
+    const reason = body.file || body.detail || `HTTP ${response.status}`;
+    this.status(`Not saved: ${reason}. Your drawing is still here.`, "error");
+    return null;
+  }
+
+  status(text, kind, conflictVersion) {
+    this.root.dispatchEvent(new CustomEvent("mask:status", { detail: { text, kind, conflictVersion } }));
+  }
+
+  // Lets the page redraw its controls (active tool, size, undo/redo availability, unsaved marker).
+  changed() {
+    this.root.dispatchEvent(new CustomEvent("mask:changed", {
+      detail: {
+        tool: this.tool, size: this.size, zoom: this.zoom.scale, dirty: this.dirty, saving: Boolean(this.saving),
+        canUndo: this.undoStack.length > 0, canRedo: this.redoStack.length > 0,
+      },
+    }));
+  }
+}

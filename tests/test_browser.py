@@ -1,0 +1,223 @@
+"""The radiologist's day in a real browser (Debian's Chromium, headless, driven by Playwright) against the live server:
+log in, open the queue, take the next image, paint, erase, undo, save, approve; then read the stored mask's pixels."""
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotator.models import Image, Mask
+from annotator.services import mask_array
+from tests.conftest import DEMO_BUSI, PASSWORD, ROOT
+from tests.factories import annotated_image, box_mask, mask_png
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", ROOT / "var" / "test-artifacts"))
+SCAN = DEMO_BUSI / "images" / "benign_002.png"  # a real ultrasound scan, 320x272
+SIZE = (320, 272)
+LESION_BOX = (70, 135, 140, 170)  # on the scan's lesion
+MODEL_BOX = (20, 20, 60, 60)
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    if not shutil.which(CHROMIUM) and not os.environ.get("REQUIRE_BROWSER"):
+        pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    from django.db import connections
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still plain sync code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+        # The test's ORM calls ran in Playwright's greenlet, on a database connection of their own.
+        connections.close_all()
+
+
+def logged_in_page(browser, live_server, username):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button:has-text(\"Log in\")")
+    page.wait_for_url(f"{live_server.url}/")
+    return page
+
+
+def editor_ready(page, model_pixels):
+    page.wait_for_function(f"window.maskEditor && window.maskEditor.foregroundPixels() === {model_pixels}")
+
+
+def screen_point(page, x, y):
+    """Where image pixel (x, y) is on the screen, whatever the zoom."""
+    left, top, width, height = page.eval_on_selector(
+        "[data-stage]", "e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }")
+    return left + (x + 0.5) * width / SIZE[0], top + (y + 0.5) * height / SIZE[1]
+
+
+def drag(page, start, end):
+    page.mouse.move(*screen_point(page, *start))
+    page.mouse.down()
+    page.mouse.move(*screen_point(page, *end), steps=15)
+    page.mouse.up()
+
+
+def bit(page, x, y):
+    return page.evaluate(f"window.maskEditor.bits[{y} * window.maskEditor.width + {x}]")
+
+
+def segment_distance(shape, start, end):
+    """Each pixel centre's distance to the segment start-end."""
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
+    (x1, y1), (x2, y2) = start, end
+    t = np.clip(((xs - x1) * (x2 - x1) + (ys - y1) * (y2 - y1)) / ((x2 - x1) ** 2 + (y2 - y1) ** 2), 0, 1)
+    return np.hypot(xs - (x1 + t * (x2 - x1)), ys - (y1 + t * (y2 - y1)))
+
+
+def test_paint_erase_undo_save_and_approve_in_the_browser(team, live_server, browser, transactional_db):
+    image = annotated_image(team.project, "scan.png", picture=SCAN, uncertainty=0.9, flagged=True, box=LESION_BOX)
+    annotated_image(team.project, "calm.png", size=SIZE, uncertainty=0.1)
+    page = logged_in_page(browser, live_server, "radiologist")
+    model = box_mask(SIZE, LESION_BOX)
+
+    page.click("text=Review queue")
+    assert page.locator("table.grid").inner_text().count(".png") == 2
+    page.click("text=Take the next image")
+    page.wait_for_url(f"{live_server.url}/review/images/{image.pk}/")
+    editor_ready(page, model.sum())
+    brush = page.evaluate("window.maskEditor.size")
+
+    # A brush stroke, then the eraser through its middle; undo brings the middle back.
+    stroke = ((150, 150), (300, 150))
+    drag(page, *stroke)
+    assert bit(page, 225, 150) == 1
+    page.keyboard.press("e")
+    drag(page, (200, 150), (250, 150))
+    assert bit(page, 225, 150) == 0 and bit(page, 160, 150) == 1
+    page.keyboard.press("Control+z")
+    assert bit(page, 225, 150) == 1
+    assert "Unsaved" in page.inner_text("[data-save-status]")
+
+    page.keyboard.press("Control+s")
+    page.wait_for_function("document.querySelector('[data-save-status]').textContent.includes('Saved as version 2')")
+    page.check("[data-toggle=model-mask]")
+    page.check("[data-toggle=cam-resnet50]")
+    page.click("[data-window-auto]")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "review-editor.png"))
+
+    page.keyboard.press("a")
+    page.wait_for_url(lambda url: f"/review/images/{image.pk}/" not in url)
+    page.close()
+
+    image.refresh_from_db()
+    saved = image.masks.get(version=2)
+    assert image.review_status == "approved" and image.reviewed_by == team.radiologist
+    assert image.approved_mask == saved and saved.source == Mask.Source.HUMAN and saved.author == team.radiologist
+    assert np.array_equal(mask_array(saved.parent), model) and saved.parent.version == 1  # v1 untouched
+
+    pixels = mask_array(saved)
+    distance = segment_distance(pixels.shape, *stroke)
+    assert pixels[model].all(), "the model's mask was kept"
+    assert pixels[distance <= brush / 2 - 1.5].all(), "the stroke, erased and restored by undo, is in the mask"
+    assert not pixels[(distance > brush / 2 + 1.5) & ~model].any(), "nothing else was painted"
+
+
+def test_polygon_and_flood_fill_clear_zoom_sizes_and_sixty_undos(team, live_server, browser, transactional_db):
+    image = annotated_image(team.project, "scan.png", picture=SCAN, flagged=True, box=MODEL_BOX)
+    page = logged_in_page(browser, live_server, "admin")
+    page.goto(f"{live_server.url}/review/images/{image.pk}/")
+    editor_ready(page, 40 * 40)
+    pixels = lambda: page.evaluate("window.maskEditor.foregroundPixels()")  # noqa: E731
+
+    page.keyboard.press("p")
+    for corner in ((100, 100), (200, 100), (200, 200), (100, 200)):
+        page.mouse.click(*screen_point(page, *corner))
+    page.keyboard.press("Enter")
+    assert bit(page, 150, 150) == 1 and bit(page, 250, 150) == 0
+    assert abs(pixels() - 1600 - 100 * 100) < 400
+
+    page.keyboard.press("f")
+    page.mouse.click(*screen_point(page, 150, 150))  # on a painted region: removes that blob
+    assert pixels() == 1600
+    page.mouse.click(*screen_point(page, 300, 250))  # on the background: fills it, the model's box stays a hole
+    assert pixels() == SIZE[0] * SIZE[1] and bit(page, 40, 40) == 1
+    page.keyboard.press("Control+z")
+    assert pixels() == 1600
+
+    page.click("[data-action=clear]")
+    assert pixels() == 0
+    page.keyboard.press("Control+z")
+    page.keyboard.press("Control+Shift+z")
+    page.keyboard.press("Control+z")
+    assert pixels() == 1600
+
+    # Zoomed in, the brush still lands where the pointer is.
+    page.keyboard.press("b")
+    for _ in range(3):
+        page.keyboard.press("+")
+    assert page.evaluate("window.maskEditor.zoom.scale") > 1.5
+    start_size = page.evaluate("window.maskEditor.size")
+    page.keyboard.press("]")
+    page.keyboard.press("]")
+    assert page.evaluate("window.maskEditor.size") > start_size
+    page.keyboard.press("[")
+    page.keyboard.press("[")
+    size = page.evaluate("window.maskEditor.size")
+    before = pixels()
+    for i in range(60):
+        x, y = 170 + (i % 10) * 6, 130 + (i // 10) * 6
+        page.mouse.move(*screen_point(page, x, y))
+        page.mouse.down()
+        page.mouse.up()
+        assert bit(page, x, y) == 1
+    assert pixels() > before and size < 12
+    for _ in range(60):
+        page.keyboard.press("Control+z")
+    assert pixels() == before, "sixty steps undone"
+    assert page.evaluate("window.maskEditor.undoStack.length") == 2  # the polygon and the blob removed
+    page.close()
+
+
+def test_a_stale_save_keeps_the_drawing_and_can_go_on_top(team, live_server, browser, transactional_db):
+    image = annotated_image(team.project, "scan.png", picture=SCAN, flagged=True, box=MODEL_BOX)
+    page = logged_in_page(browser, live_server, "radiologist")
+    page.goto(f"{live_server.url}/review/images/{image.pk}/")
+    editor_ready(page, 40 * 40)
+    drag(page, (150, 150), (300, 150))
+
+    # Meanwhile an admin saves version 2 through the API.
+    theirs = box_mask(SIZE, (250, 200, 300, 250))
+    team.api(team.admin).post(f"/api/images/{image.pk}/masks/", {"parent_version": 1, "file": _png_file(theirs)},
+                              format="multipart")
+
+    page.keyboard.press("Control+s")
+    page.wait_for_function("document.querySelector('[data-save-status]').dataset.kind === 'error'")
+    assert "version 2 is now the latest" in page.inner_text("[data-save-status]")
+    assert bit(page, 225, 150) == 1, "the drawing is still on screen"
+    assert list(Image.objects.get(pk=image.pk).masks.values_list("version", flat=True)) == [1, 2]
+
+    page.click("[data-save-on-top]")
+    page.wait_for_function("document.querySelector('[data-save-status]').textContent.includes('Saved as version 3')")
+
+    # The history shows the three versions side by side.
+    page.click("text=Versions")
+    page.wait_for_url(f"{live_server.url}/review/images/{image.pk}/history/")
+    assert page.locator("article.card").count() == 3
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "mask-history.png"), full_page=True)
+    page.close()
+    versions = {m.version: m for m in Image.objects.get(pk=image.pk).masks.all()}
+    assert np.array_equal(mask_array(versions[2]), theirs), "their version is kept as it was"
+    assert versions[3].parent == versions[2] and mask_array(versions[3])[150, 225]
+
+
+def _png_file(mask):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile("mask.png", mask_png(mask), content_type="image/png")
