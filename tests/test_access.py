@@ -32,7 +32,7 @@ def urls(team):
     urls["decisions"] = [f"/review/images/{i}/approve/", f"/review/images/{i}/reject/", urls["restore"],
                          urls["requeue"]]
     urls["api_decisions"] = [f"/api/images/{i}/approve/", f"/api/images/{i}/reject/", urls["api_restore"],
-                             urls["api_requeue"]]
+                             urls["api_requeue"], f"/api/images/{i}/masks/"]
     urls["api"] = urls["api_project"] + ["/api/review/queue/"]
     return urls
 
@@ -81,7 +81,9 @@ def test_viewers_can_look_but_not_decide_upload_or_export(team, urls):
     for url in urls["api_decisions"]:
         assert api.post(url).status_code == 403, url
     assert api.post(urls["upload"]).status_code == 403
-    assert "You can view this project but not review it" in client.get(urls["pages"][3]).content.decode()
+    page = client.get(f"/review/images/{urls['image'].pk}/").content.decode()
+    assert "You can view this project but not review it" in page
+    assert 'data-editable="false"' in page and 'data-action="save"' not in page  # the editor only zooms and pans
 
 
 def test_radiologists_review_but_do_not_upload_or_export(team, urls):
