@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from annotator.models import Image, Job, Mask, Membership, Prediction, Project, Study
+from annotator.models import Image, Job, Mask, Membership, ModelVersion, Prediction, Project, Study, TrainingRun
 
 
 class MembershipInline(admin.TabularInline):
@@ -52,3 +52,17 @@ class MaskAdmin(admin.ModelAdmin):
     list_display = ["image", "version", "source", "author", "pixels", "created_at"]
     list_filter = ["source"]
     raw_id_fields = ["image", "parent", "restored_from"]
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ["name", "project", "status", "created_at", "promoted_at"]
+    list_filter = ["status", "project"]
+    raw_id_fields = ["parent"]
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "status", "progress", "trigger", "created_at", "finished_at"]
+    list_filter = ["status", "project"]
+    raw_id_fields = ["base_version", "result"]

@@ -9,6 +9,8 @@ class Project(models.Model):
     classes = models.JSONField(default=list, help_text="image-level classes, e.g. [\"normal\", \"lesion\"]")
     healthy_class = models.CharField(max_length=100, default="normal")
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
+    model_version = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
+                                      related_name="+", help_text="the ensemble in use; none: settings.ENSEMBLE_DIR")
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self):
@@ -36,12 +38,20 @@ class Membership(models.Model):
 
 
 class Study(models.Model):
+    """An upload, or a DICOM study. Patient identifiers are never stored: `patient_key` is a salted hash of the
+    DICOM PatientID, enough to group one patient's studies and nothing more."""
+
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="studies")
     name = models.CharField(max_length=200)
+    study_uid = models.CharField(max_length=128, blank=True, help_text="DICOM StudyInstanceUID")
+    patient_key = models.CharField(max_length=64, blank=True, help_text="salted hash of the DICOM PatientID")
+    modality = models.CharField(max_length=16, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         verbose_name_plural = "studies"
+        constraints = [models.UniqueConstraint(fields=["project", "study_uid"], condition=~models.Q(study_uid=""),
+                                               name="dicom_study_once_per_project")]
 
     def __str__(self):
         return self.name
@@ -101,6 +111,13 @@ class Image(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     label = models.CharField(max_length=100, blank=True, help_text="image-level label given with the upload")
+    # Ground truth that came with the upload (e.g. a labelled data set), kept apart from model output and reviews.
+    reference_mask = models.FileField(upload_to="reference/", max_length=300, blank=True,
+                                      help_text="8-bit PNG, 0 or 255, imported with the image")
+    # DICOM grouping and display window, where the image came from a DICOM file.
+    series_uid = models.CharField(max_length=128, blank=True)
+    series_description = models.CharField(max_length=200, blank=True)
+    instance_number = models.IntegerField(null=True, blank=True)
     # The ensemble's verdict, filled in once by the annotation job.
     annotated_at = models.DateTimeField(null=True, blank=True)
     model_version = models.CharField(max_length=100, blank=True)
@@ -181,3 +198,69 @@ class Mask(models.Model):
 
     def __str__(self):
         return f"{self.image} mask v{self.version} ({self.source})"
+
+
+class ModelVersion(models.Model):
+    """One trained ensemble of a project: its folder (safetensors + manifest.json) and its held-out metrics."""
+
+    class Status(models.TextChoices):
+        CANDIDATE = "candidate"  # trained, not yet judged
+        PROMOTED = "promoted"  # passed the gate; the project uses it unless rolled back
+        NOT_PROMOTED = "not_promoted"  # worse than the version in use on the held-out split; kept for the record
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
+    name = models.CharField(max_length=100)
+    folder = models.CharField(max_length=500, help_text="the checkpoint folder, as ml.load_ensemble reads it")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
+                               help_text="the version it was fine-tuned from")
+    manifest = models.JSONField(default=dict)
+    metrics = models.JSONField(default=dict, help_text="this version's metrics on the held-out validation split")
+    compared_metrics = models.JSONField(default=dict, blank=True,
+                                        help_text="the version in use then, on the same split, side by side")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.CANDIDATE)
+    decision = models.TextField(blank=True, help_text="why it was promoted or not")
+    created_at = models.DateTimeField(auto_now_add=True)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="model_version_name_unique")]
+
+    def __str__(self):
+        return f"{self.project} {self.name}"
+
+
+class TrainingRun(models.Model):
+    """Fine-tuning a project's ensemble on its approved labels and masks, in a worker."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_runs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    trigger = models.CharField(max_length=20, default="manual", help_text="manual, or auto after N approvals")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    cancel_requested = models.BooleanField(default=False)
+    attempt = models.PositiveIntegerField(default=0, help_text="starts so far; a worker restart starts it again")
+    progress = models.FloatField(default=0.0, help_text="0..1")
+    message = models.TextField(blank=True, help_text="what it is doing now, for the page")
+    base_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+", help_text="the version it starts from")
+    result = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    images_used = models.PositiveIntegerField(default=0)
+    masks_used = models.PositiveIntegerField(default=0)
+    failure = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"training {self.pk} of {self.project} ({self.status})"

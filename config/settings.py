@@ -144,6 +144,12 @@ ML_DEVICE = os.environ.get("ML_DEVICE") or None  # None: CUDA when present, else
 ML_MC_SAMPLES = env_int("ML_MC_SAMPLES", 0) or None  # None: the checkpoint's own T
 ML_BATCH_SIZE = env_int("ML_BATCH_SIZE", 8)
 
+# Fine-tuning from approved reviews: each trained ensemble is a folder under MODELS_DIR and a ModelVersion row.
+MODELS_DIR = Path(os.environ.get("MODELS_DIR", VAR_DIR / "models"))
+FINETUNE_EVERY_APPROVALS = env_int("FINETUNE_EVERY_APPROVALS", 0)  # start by itself after N new approvals; 0: never
+FINETUNE_EPOCHS = env_int("FINETUNE_EPOCHS", 5)
+FINETUNE_VALIDATION_PERCENT = env_int("FINETUNE_VALIDATION_PERCENT", 20)  # approved images held out, by content hash
+
 # Upload limits: a bad file is rejected by name, the rest of the upload still imports.
 UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 2 * 1024**3)  # one zip
 UPLOAD_MAX_FILES = env_int("UPLOAD_MAX_FILES", 20000)  # members of one zip
