@@ -7,10 +7,11 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
-from annotator import export, selectors
+from annotator import charts, dashboard, export, selectors
 from annotator.api import png_zip_response, upload_to_job
 
 IMAGES_PER_PAGE = 100
@@ -39,6 +40,34 @@ def project_detail(request, pk):
         "page": page,
         "jobs": project.jobs.all()[:10],
         "can_review": selectors.user_can_review(request.user, project),
+    })
+
+
+def project_dashboard(request, pk):
+    """Plots of where the project stands; anyone who can see the project can see them."""
+    project = selectors.project_get(request.user, pk)
+    now = timezone.now()
+    status = {name.replace("_", " "): count for name, count in dashboard.images_by_status(project, now).items()}
+    flagged = dashboard.flagged_share_by_day(project, now)
+    by_reviewer = dashboard.decisions_by_reviewer(project, now)
+    by_day = dashboard.decisions_by_day(project, now)
+    metrics = dashboard.model_version_metrics(project)
+    # (title, chart or None when there is nothing to plot, what to say instead)
+    figures = [
+        ("Images by status", any(status.values()) and charts.bar_chart(list(status), {"images": list(status.values())}),
+         "No images yet."),
+        ("Share flagged for review, by day annotated", flagged.x and charts.line_chart(
+            flagged.x, flagged.lines, unit="%", top=1), "Nothing annotated in the last 30 days."),
+        ("Decisions per reviewer, last 30 days", by_reviewer.x and charts.bar_chart(by_reviewer.x, by_reviewer.lines),
+         "No decisions in the last 30 days."),
+        ("Decisions per day", by_day.x and charts.line_chart(by_day.x, by_day.lines),
+         "No decisions in the last 30 days."),
+        ("Model versions on the held-out validation split", metrics.x and metrics.lines and charts.bar_chart(
+            metrics.x, metrics.lines, unit="%", top=1), "No fine-tuned version yet: the project uses the built-in "
+                                                         "ensemble."),
+    ]
+    return render(request, "annotator/dashboard.html", {
+        "project": project, "status": status, "figures": figures,
     })
 
 

@@ -12,6 +12,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("projects/<int:pk>/", views.project_detail, name="project"),
     path("projects/<int:pk>/upload/", views.project_upload, name="project-upload"),
+    path("projects/<int:pk>/dashboard/", views.project_dashboard, name="project-dashboard"),
     path("projects/<int:pk>/export/coco.json", views.export_coco, name="export-coco"),
     path("projects/<int:pk>/export/masks.zip", views.export_png, name="export-png"),
     path("review/", review_views.queue, name="review-queue"),
