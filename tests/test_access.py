@@ -15,8 +15,10 @@ def urls(team):
                 parent=model_mask)
     p, i = team.project.pk, image.pk
     urls = {
-        "pages": ["/", "/review/", f"/projects/{p}/", f"/review/images/{i}/", f"/review/images/{i}/history/"],
-        "project_pages": [f"/projects/{p}/", f"/review/images/{i}/", f"/review/images/{i}/history/"],
+        "pages": ["/", "/review/", f"/projects/{p}/", f"/review/images/{i}/", f"/review/images/{i}/history/",
+                  f"/projects/{p}/dashboard/"],
+        "project_pages": [f"/projects/{p}/", f"/review/images/{i}/", f"/review/images/{i}/history/",
+                          f"/projects/{p}/dashboard/"],
         "admin_pages": [f"/projects/{p}/export/coco.json", f"/projects/{p}/export/masks.zip"],
         "restore": f"/review/images/{i}/masks/1/restore/",
         "requeue": f"/review/images/{i}/requeue/",
