@@ -1,5 +1,22 @@
 from django.contrib.auth.middleware import LoginRequiredMiddleware as PageLoginRequiredMiddleware
 
+from annotator import health
+
+
+class HealthCheckMiddleware:
+    """Answers /healthz and /readyz ahead of every other middleware: before the ALLOWED_HOSTS check (a container
+    probe calls 127.0.0.1 whatever the public host name is), sessions and the login, so that they need no account
+    and stay cheap."""
+
+    views = {"/healthz": health.healthz, "/readyz": health.readyz}
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        view = self.views.get(request.path_info)
+        return view(request) if view else self.get_response(request)
+
 
 class LoginRequiredMiddleware(PageLoginRequiredMiddleware):
     """Every page needs a login; the API answers 401 on its own (DRF) instead of redirecting."""

@@ -9,7 +9,7 @@ class Project(models.Model):
     classes = models.JSONField(default=list, help_text="image-level classes, e.g. [\"normal\", \"lesion\"]")
     healthy_class = models.CharField(max_length=100, default="normal")
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
-    model_version = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
+    model_version = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.RESTRICT,
                                       related_name="+", help_text="the ensemble in use; none: settings.ENSEMBLE_DIR")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -134,7 +134,7 @@ class Image(models.Model):
     reviewed_label = models.CharField(max_length=100, blank=True, help_text="the radiologist's image-level diagnosis")
     review_status = models.CharField(max_length=20, choices=ReviewStatus.choices, default=ReviewStatus.PENDING,
                                      db_index=True)
-    approved_mask = models.ForeignKey("Mask", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    approved_mask = models.ForeignKey("Mask", null=True, blank=True, on_delete=models.RESTRICT, related_name="+")
     reviewed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                     related_name="+")
     reviewed_at = models.DateTimeField(null=True, blank=True)
@@ -182,8 +182,8 @@ class Mask(models.Model):
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="masks")
     version = models.PositiveIntegerField()
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
-    restored_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.RESTRICT, related_name="children")
+    restored_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.RESTRICT, related_name="+",
                                       help_text="the older version whose pixels this one brings back")
     source = models.CharField(max_length=10, choices=Source.choices)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)

@@ -1,13 +1,19 @@
 """Reads, always through what the user may see: admins see everything, others the projects they belong to."""
-from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q
+from django.db.models import (BigIntegerField, BooleanField, Case, Count, ExpressionWrapper, F, OuterRef, Prefetch, Q,
+                              Subquery, Value, When)
 from django.shortcuts import get_object_or_404
 
 from annotator.models import Image, Job, Mask, Membership, Project
 
 
-def projects_visible(user):
+def projects_listed(user):
+    """The projects the user may see, by name, without counts (for menus)."""
     projects = Project.objects.all() if user.is_staff else Project.objects.filter(members=user)
-    return projects.annotate(
+    return projects.order_by("name")
+
+
+def projects_visible(user):
+    return projects_listed(user).annotate(
         image_count=Count("images", distinct=True),
         pending_count=Count("images", filter=Q(images__review_status=Image.ReviewStatus.PENDING), distinct=True),
         approved_count=Count("images", filter=Q(images__review_status=Image.ReviewStatus.APPROVED), distinct=True),
@@ -26,6 +32,13 @@ def images_visible(user):
 
 def image_get(user, pk) -> Image:
     return get_object_or_404(images_visible(user), pk=pk)
+
+
+def image_detail_get(user, pk) -> Image:
+    """One image with everything its API detail shows, in a fixed number of queries."""
+    images = images_visible(user).select_related("reviewed_by", "study").prefetch_related(
+        "predictions", Prefetch("masks", queryset=Mask.objects.select_related("author", "restored_from")))
+    return get_object_or_404(images, pk=pk)
 
 
 def job_get(user, pk) -> Job:
@@ -102,3 +115,37 @@ def review_listing(user, now, project=None, status="", label="", uncertainty_min
     images = images.select_related("project", "claimed_by", "reviewed_by").annotate(
         in_review=ExpressionWrapper(in_review, output_field=BooleanField())).order_by(*QUEUE_ORDER)
     return images, counts
+
+
+# Where an exported image's label comes from, in order of trust: the radiologist, the upload, the ensemble.
+EXPORT_LABEL_SOURCES = (("reviewed", "reviewed_label"), ("upload", "label"), ("predicted", "predicted_label"))
+
+
+def export_images(project, status, label="", reviewed_from=None, reviewed_to=None):
+    """A project's images for an export, in id order, each with `export_label`, `export_label_source` and
+    `export_mask_id`: the approved version of an approved image, the latest version of a pending one, none for a
+    rejected one (its annotation was turned down), and `export_reviewer` (a username). Dates filter on the day of
+    the review decision."""
+    images = project.images.filter(review_status=status)
+    if status == Image.ReviewStatus.APPROVED:
+        images = images.filter(approved_mask__isnull=False)
+        mask = F("approved_mask_id")
+    elif status == Image.ReviewStatus.PENDING:
+        mask = Subquery(Mask.objects.filter(image=OuterRef("pk")).order_by("-version").values("id")[:1])
+    else:
+        mask = Value(None, output_field=BigIntegerField())
+    images = images.annotate(
+        export_mask_id=mask,
+        export_reviewer=F("reviewed_by__username"),
+        export_label=Case(*[When(~Q(**{field: ""}), then=F(field)) for _, field in EXPORT_LABEL_SOURCES],
+                          default=Value("")),
+        export_label_source=Case(*[When(~Q(**{field: ""}), then=Value(source))
+                                   for source, field in EXPORT_LABEL_SOURCES], default=Value("")),
+    )
+    if label:
+        images = images.filter(export_label=label)
+    if reviewed_from:
+        images = images.filter(reviewed_at__date__gte=reviewed_from)
+    if reviewed_to:
+        images = images.filter(reviewed_at__date__lte=reviewed_to)
+    return images.order_by("id")

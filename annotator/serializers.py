@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from annotator.models import Image, Job, Mask, Prediction, Project
+from annotator.models import Image, Job, Mask, Prediction, Project, Study
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -9,8 +9,9 @@ class ProjectSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "description", "classes", "healthy_class", "created_at"]
 
     def validate(self, data):
-        classes = data.get("classes", [])
-        if len(classes) < 2 or len(set(classes)) != len(classes):
+        classes = data.get("classes")
+        if (not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes)
+                or len(classes) < 2 or len(set(classes)) != len(classes)):
             raise serializers.ValidationError({"classes": "give at least two distinct classes"})
         if data.get("healthy_class", "normal") not in classes:
             raise serializers.ValidationError({"healthy_class": "must be one of the classes"})
@@ -18,6 +19,9 @@ class ProjectSerializer(serializers.ModelSerializer):
 
 
 class JobSerializer(serializers.ModelSerializer):
+    total = serializers.IntegerField(read_only=True, help_text="images to annotate")
+    progress = serializers.FloatField(read_only=True, help_text="annotated / total, 0..1")
+
     class Meta:
         model = Job
         fields = ["id", "project", "source_name", "status", "imported", "duplicates", "total", "annotated",
@@ -32,7 +36,7 @@ class PredictionSerializer(serializers.ModelSerializer):
         fields = ["id", "architecture", "model_version", "label", "agrees", "probabilities", "std", "entropy",
                   "mutual_information", "cam_class", "heatmap_url"]
 
-    def get_heatmap_url(self, prediction):
+    def get_heatmap_url(self, prediction) -> str:
         return self.context["request"].build_absolute_uri(f"/api/predictions/{prediction.pk}/heatmap.png")
 
 
@@ -46,7 +50,7 @@ class MaskSerializer(serializers.ModelSerializer):
         fields = ["id", "version", "parent", "restored_from", "source", "author", "model_version", "pixels",
                   "created_at", "url"]
 
-    def get_url(self, mask):
+    def get_url(self, mask) -> str:
         return self.context["request"].build_absolute_uri(f"/api/masks/{mask.pk}/mask.png")
 
 
@@ -57,11 +61,56 @@ class ImageListSerializer(serializers.ModelSerializer):
                   "flagged", "flag_reason", "review_status", "reviewed_label", "annotated_at"]
 
 
+class StudySerializer(serializers.ModelSerializer):
+    """What an image page may show of its study: never the pseudonymous patient key."""
+
+    class Meta:
+        model = Study
+        fields = ["id", "name", "modality"]
+
+
 class ImageSerializer(ImageListSerializer):
     predictions = PredictionSerializer(many=True, read_only=True)
     masks = MaskSerializer(many=True, read_only=True)
     reviewed_by = serializers.StringRelatedField()
+    study = StudySerializer(read_only=True)
+    reference_mask_url = serializers.SerializerMethodField()
 
     class Meta(ImageListSerializer.Meta):
         fields = ImageListSerializer.Meta.fields + ["sha256", "model_version", "approved_mask", "reviewed_by",
-                                                    "reviewed_at", "predictions", "masks"]
+                                                    "reviewed_at", "predictions", "masks", "study", "series_uid",
+                                                    "series_description", "instance_number", "reference_mask_url"]
+
+    def get_reference_mask_url(self, image) -> str | None:
+        if not image.reference_mask:
+            return None
+        return self.context["request"].build_absolute_uri(f"/api/images/{image.pk}/reference.png")
+
+
+# Request bodies of the API's plain views (validated with these, and documented by them), and its 409 body.
+class UploadRequestSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="a zip of PNG, JPEG or DICOM images, optionally labels.csv and masks/")
+
+
+class MaskUploadRequestSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="a PNG of the image's size; any non-zero (or non-transparent) pixel is mask")
+    parent_version = serializers.IntegerField(required=False, help_text="the version the drawing started from")
+
+
+class RestoreRequestSerializer(serializers.Serializer):
+    parent_version = serializers.IntegerField(required=False, help_text="the latest version the caller has seen")
+
+
+class DecisionRequestSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True)
+    label = serializers.CharField(required=False, allow_blank=True,
+                                  help_text="the radiologist's image-level diagnosis, one of the project's classes")
+
+
+class ApproveRequestSerializer(DecisionRequestSerializer):
+    mask = serializers.IntegerField(required=False, help_text="id of the mask version to approve; default the latest")
+
+
+class StaleMaskSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    latest_version = serializers.IntegerField(allow_null=True)

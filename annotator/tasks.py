@@ -1,6 +1,7 @@
 from celery import shared_task
+from django.db import InterfaceError, OperationalError, connection
 
-from annotator import services
+from annotator import services, sweep, training
 
 
 @shared_task(bind=True, max_retries=3)
@@ -11,7 +12,44 @@ def job_annotate_task(self, job_id: int) -> None:
     except services.EnsembleMismatch as error:
         services.job_fail(job_id, str(error))
     except Exception as error:
+        if isinstance(error, (OperationalError, InterfaceError)):
+            # The database went away and Django's connection with it: drop it, so that marking the job failed and
+            # the retry connect afresh instead of failing on the dead connection.
+            connection.close()
         if self.request.retries >= self.max_retries:
             services.job_fail(job_id, f"{type(error).__name__}: {error}")
             raise
+        raise self.retry(exc=error, countdown=5 * 2**self.request.retries)
+
+
+@shared_task
+def jobs_sweep_task() -> None:
+    """Send again the jobs whose broker message was lost; Celery beat runs it every JOB_SWEEP_SECONDS, so the next
+    run is the retry."""
+    sweep.jobs_sweep()
+
+
+@shared_task(bind=True, max_retries=3)
+def training_run_task(self, run_id: int) -> None:
+    """Fine-tune a project's ensemble; retried with backoff, marked failed when retries run out or cannot help."""
+    try:
+        training.training_run_execute(run_id)
+    except training.RunBusy:
+        # Another worker beats on it; look again once it would count as silent, by then finished or gone.
+        training_run_task.apply_async(args=[run_id], countdown=training.HEARTBEAT_STALE.total_seconds())
+    except training.TrainingError as error:
+        training.training_run_fail(run_id, str(error))
+    except Exception as error:
+        if self.request.retries >= self.max_retries:
+            training.training_run_fail(run_id, f"{type(error).__name__}: {error}")
+            raise
+        raise self.retry(exc=error, countdown=5 * 2**self.request.retries)
+
+
+@shared_task(bind=True, max_retries=3)
+def project_reannotate_task(self, project_id: int) -> None:
+    """Annotate a project's pending images again with the version it uses now; idempotent, retried with backoff."""
+    try:
+        services.project_reannotate(project_id)
+    except Exception as error:
         raise self.retry(exc=error, countdown=5 * 2**self.request.retries)

@@ -1,18 +1,16 @@
 """Server-rendered pages: projects, upload with job progress, and exports."""
-import json
 from functools import wraps
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
 from annotator import charts, dashboard, export, selectors
-from annotator.api import png_zip_response, upload_to_job
+from annotator.api import coco_response, dataset_zip_response, upload_to_job
 
 IMAGES_PER_PAGE = 100
 
@@ -92,12 +90,20 @@ def project_upload(request, pk):
 
 @admin_required
 def export_coco(request, pk):
-    project = selectors.project_get(request.user, pk)
-    response = HttpResponse(json.dumps(export.project_export_coco(project)), content_type="application/json")
-    response["Content-Disposition"] = f'attachment; filename="{project.name}-coco.json"'
-    return response
+    return _export(request, pk, coco_response)
 
 
 @admin_required
 def export_png(request, pk):
-    return png_zip_response(selectors.project_get(request.user, pk))
+    return _export(request, pk, dataset_zip_response)
+
+
+def _export(request, pk, respond):
+    """The project page's export form sends its options here; bad ones go back to the page with the reason."""
+    project = selectors.project_get(request.user, pk)
+    try:
+        options = export.export_options_parse(request.GET, project)
+    except export.ExportOptionsError as error:
+        messages.error(request, f"Export: {error}")
+        return redirect("project", pk=pk)
+    return respond(project, options)

@@ -34,6 +34,11 @@ if not SECRET_KEY:
     SECRET_KEY = key_file.read_text().strip()
 ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+# Served over HTTPS: session and CSRF cookies are then never sent over plain HTTP.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+if env_bool("TRUST_X_FORWARDED_PROTO", False):
+    # Only behind a proxy that sets X-Forwarded-Proto itself; otherwise any client could claim HTTPS.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -44,11 +49,14 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files served from here: no CDN
     "annotator",
     "review",
 ]
 
 MIDDLEWARE = [
+    "annotator.middleware.HealthCheckMiddleware",  # first: /healthz and /readyz skip host checks and login
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -103,7 +111,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))  # the Docker image collects into its own
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 
@@ -115,7 +123,19 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "PAGE_SIZE": 50,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Weak-to-pixel API",
+    "DESCRIPTION": "Projects, images, the ensemble's predictions, mask versions, reviews, exports and fine-tuning. "
+                   "Authenticate with `Authorization: Token <key>` (tokens in the admin) or a browser session.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,  # multipart uploads get their own request schemas
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
 # Celery: Redis when configured, otherwise a folder-based broker that needs no server.
@@ -129,11 +149,30 @@ if CELERY_BROKER_URL == "filesystem://":
     }
     for folder in ("queue", "control"):
         (BROKER_DIR / folder).mkdir(parents=True, exist_ok=True)
+else:
+    # Redis puts a message that a worker took and never acknowledged (the worker was killed) back in the queue after
+    # this many seconds. Keep it above the longest job: a job still running then is delivered again (harmless, as
+    # annotation is idempotent, but it is done twice).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_TASK_IGNORE_RESULT = True  # progress lives in the database
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Task events (sent, started, succeeded, failed) for Flower or `celery -A config events`.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # the worker logs through LOGGING below, plain or JSON like the web
+# Celery beat (`celery -A config worker -B`, or a `celery -A config beat` of its own) sends queued or running jobs
+# again when no broker message holds them any more, e.g. after Redis restarted without persistence.
+JOB_SWEEP_SECONDS = env_int("JOB_SWEEP_SECONDS", 60)
+JOB_SWEEP_GRACE_SECONDS = env_int("JOB_SWEEP_GRACE_SECONDS", 60)  # a younger job's message may still be on its way
+CELERY_BEAT_SCHEDULE = {
+    "jobs-sweep": {"task": "annotator.tasks.jobs_sweep_task", "schedule": JOB_SWEEP_SECONDS,
+                   "options": {"expires": JOB_SWEEP_SECONDS}},  # sweeps that waited a whole period are moot
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SYNC_EVERY = 1  # rewrite that file after every task sent: its age tells that beat is alive
 
 # Review
 REVIEW_CLAIM_MINUTES = env_int("REVIEW_CLAIM_MINUTES", 15)  # how long "next" keeps an image for one reviewer
@@ -149,20 +188,27 @@ MODELS_DIR = Path(os.environ.get("MODELS_DIR", VAR_DIR / "models"))
 FINETUNE_EVERY_APPROVALS = env_int("FINETUNE_EVERY_APPROVALS", 0)  # start by itself after N new approvals; 0: never
 FINETUNE_EPOCHS = env_int("FINETUNE_EPOCHS", 5)
 FINETUNE_VALIDATION_PERCENT = env_int("FINETUNE_VALIDATION_PERCENT", 20)  # approved images held out, by content hash
+FINETUNE_CAM_WEIGHT = float(os.environ.get("FINETUNE_CAM_WEIGHT", 0.3))  # λ of the mask term (1 - soft IoU of CAM)
+FINETUNE_LEARNING_RATE = float(os.environ.get("FINETUNE_LEARNING_RATE", 1e-4))
 
 # Upload limits: a bad file is rejected by name, the rest of the upload still imports.
 UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 2 * 1024**3)  # one zip
 UPLOAD_MAX_FILES = env_int("UPLOAD_MAX_FILES", 20000)  # members of one zip
 IMAGE_MAX_BYTES = env_int("IMAGE_MAX_BYTES", 64 * 1024**2)  # one image, uncompressed size in the zip
 IMAGE_MAX_PIXELS = env_int("IMAGE_MAX_PIXELS", 50_000_000)  # width x height, against decompression bombs
+UPLOAD_MAX_COMPRESSION_RATIO = env_int("UPLOAD_MAX_COMPRESSION_RATIO", 200)  # a zip member beyond this is a bomb
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024**2  # larger uploads stream to a temporary file
 
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain")  # plain for people, json (one object a line) for collectors
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "config.log_format.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
 WHITENOISE_USE_FINDERS = True  # static files straight from static/, no collectstatic step for the demo

@@ -72,8 +72,12 @@ def save_ensemble(ensemble: Ensemble, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for arch, model in ensemble.models.items():
         weights_save(model.state_dict(), folder / f"{arch}.safetensors", ensemble.manifest.weights_dtype)
-    (folder / MANIFEST_NAME).write_text(json.dumps(ensemble.manifest.to_dict(), indent=2))
+    manifest_save(ensemble.manifest, folder)
     return folder
+
+
+def manifest_save(manifest: EnsembleManifest, folder: str | Path) -> None:
+    (Path(folder) / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2))
 
 
 def load_ensemble(folder: str | Path, device: str | None = None) -> Ensemble:

@@ -113,25 +113,17 @@ def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, ou
     ensemble = ensemble_build(manifest, weights)
     originals = [Image.open(p) for p in paths]
     groups = near_duplicate_groups([image_dhash(image) for image in originals], config.duplicate_distance)
-    # Images are decoded once, a little larger than the input so random crops keep most of the field.
-    preload = int(config.input_size * 1.15)
-    images = [image_to_rgb(image).resize((preload, preload), Image.BILINEAR) for image in originals]
+    images = [image_preload(image, config.input_size) for image in originals]
     train_idx, val_idx = split_grouped_stratified(labels, groups, config.val_fraction, config.seed)
-    augment = v2.Compose([
-        v2.RandomResizedCrop(config.input_size, scale=(0.7, 1.0), ratio=(0.85, 1.15)),
-        v2.RandomHorizontalFlip(),
-        v2.RandomRotation(10),
-        v2.ColorJitter(brightness=0.2, contrast=0.2),
-    ])
+    augment = augmentation(config.input_size)
     val_batch = images_to_tensor([images[i] for i in val_idx], manifest)
     val_labels = torch.tensor([labels[i] for i in val_idx])
-    counts = np.bincount([labels[i] for i in train_idx], minlength=len(config.classes))
-    class_weights = torch.tensor(len(train_idx) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+    weights_per_class = class_weights([labels[i] for i in train_idx], len(config.classes))
 
     val_probs, histories = {}, {}
     for arch, model in ensemble.models.items():
         val_probs[arch], histories[arch] = _train_one(arch, model, images, labels, train_idx, val_batch, val_labels,
-                                                      augment, class_weights, manifest, config)
+                                                      augment, weights_per_class, manifest, config)
     mean = torch.stack(list(val_probs.values())).mean(0)
     val_masks = [_mask_load(mask_paths[i]) if mask_paths else None for i in val_idx]
     manifest.annotate, defaults_report = _defaults_choose(ensemble, [originals[i] for i in val_idx],
@@ -144,7 +136,7 @@ def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, ou
     }
     manifest.training = {
         "images": len(paths), "train_images": len(train_idx), "near_duplicate_groups": len(set(groups)),
-        "data_sha256": _data_hash(paths, labels), "code_version": _code_version(),
+        "data_sha256": _data_hash(paths, labels), "code_version": code_version(),
         "imagenet_weights": {arch: str(w) if w else "none (from scratch)" for arch, w in weights.items()},
         "config": {k: v for k, v in asdict(config).items() if k not in ("annotate", "architectures", "classes")},
     }
@@ -152,7 +144,30 @@ def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, ou
     return ensemble
 
 
-def _train_one(arch, model, images, labels, train_idx, val_batch, val_labels, augment, class_weights, manifest,
+def image_preload(image: Image.Image, input_size: int) -> Image.Image:
+    """An image decoded once, a little larger than the input so that random crops keep most of the field."""
+    preload = int(input_size * 1.15)
+    return image_to_rgb(image).resize((preload, preload), Image.BILINEAR)
+
+
+def augmentation(input_size: int) -> v2.Compose:
+    """Flips, small rotations, crops and brightness/contrast; a `tv_tensors.Mask` passed along gets the same
+    geometry and no colour change."""
+    return v2.Compose([
+        v2.RandomResizedCrop(input_size, scale=(0.7, 1.0), ratio=(0.85, 1.15)),
+        v2.RandomHorizontalFlip(),
+        v2.RandomRotation(10),
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
+    ])
+
+
+def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """Inverse class frequencies, for a cross-entropy in which each class counts alike."""
+    counts = np.bincount(labels, minlength=num_classes)
+    return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def _train_one(arch, model, images, labels, train_idx, val_batch, val_labels, augment, weights_per_class, manifest,
                config) -> tuple[torch.Tensor, dict]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
@@ -170,7 +185,7 @@ def _train_one(arch, model, images, labels, train_idx, val_batch, val_labels, au
                 continue
             batch = images_to_tensor([augment(images[i]) for i in chunk], manifest)
             target = torch.tensor([labels[i] for i in chunk])
-            loss = _loss(model, batch, target, class_weights, config)
+            loss = _loss(model, batch, target, weights_per_class, config)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -178,7 +193,7 @@ def _train_one(arch, model, images, labels, train_idx, val_batch, val_labels, au
         scheduler.step()
         model.eval()
         with torch.no_grad():
-            val_loss = float(F.cross_entropy(model(val_batch), val_labels, weight=class_weights))
+            val_loss = float(F.cross_entropy(model(val_batch), val_labels, weight=weights_per_class))
         log.info("%s epoch %d: validation loss %.4f", arch, epoch, val_loss)
         if val_loss < best["val_loss"]:
             best, best_state, stale = {"val_loss": round(val_loss, 4), "epoch": epoch}, copy.deepcopy(
@@ -215,14 +230,14 @@ def _mask_load(path) -> np.ndarray | None:
     return np.asarray(Image.open(path).convert("L")) > 0 if path else None
 
 
-def _loss(model, batch, target, class_weights, config) -> torch.Tensor:
+def _loss(model, batch, target, weights_per_class, config) -> torch.Tensor:
     """Cross-entropy, plus λ times the variance of the class probabilities over MC-Dropout passes when λ > 0."""
     if config.variance_weight <= 0:
-        return F.cross_entropy(model(batch), target, weight=class_weights)
+        return F.cross_entropy(model(batch), target, weight=weights_per_class)
     pooled = model.global_pool(model.forward_features(batch))  # before dropout: the passes drop it themselves
     probs = mc_dropout_probs(model_classifier(model), pooled, config.variance_samples, config.annotate.dropout)
     log_probs = torch.log(probs.clamp_min(1e-12))
-    cross_entropy = torch.stack([F.nll_loss(lp, target, weight=class_weights) for lp in log_probs]).mean()
+    cross_entropy = torch.stack([F.nll_loss(lp, target, weight=weights_per_class) for lp in log_probs]).mean()
     return cross_entropy + config.variance_weight * probs.var(0).sum(-1).mean()
 
 
@@ -240,7 +255,7 @@ def _data_hash(paths: list[Path], labels: list[int]) -> str:
     return hashlib.sha256("".join(entries).encode()).hexdigest()
 
 
-def _code_version() -> str:
+def code_version() -> str:
     try:
         return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()

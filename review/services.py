@@ -1,5 +1,6 @@
 """A radiologist's decisions on an image; each one is also kept in the audit trail."""
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -8,6 +9,7 @@ from django.utils import timezone
 from annotator import selectors
 from annotator.models import Image, Mask
 from annotator.services import mask_latest_lock
+from annotator.training import training_run_autostart
 from review.models import Review
 
 CLAIM_CANDIDATES = 20  # queue heads tried before giving up: each try fails only when another reviewer won it
@@ -58,6 +60,8 @@ def image_approve(image: Image, reviewer, mask: Mask | None = None, comment: str
     _decision_record(image, reviewer, label)
     Review.objects.create(image=image, reviewer=reviewer, decision=Review.Decision.APPROVED, mask=mask,
                           comment=comment, label=label)
+    # Every FINETUNE_EVERY_APPROVALS approvals the ensemble fine-tunes itself on them, once they are committed.
+    transaction.on_commit(partial(training_run_autostart, image.project_id))
     return image
 
 

@@ -1,6 +1,7 @@
 """The radiologist's pages: the queue and one image with the ensemble's evidence."""
 from django.contrib import messages
 from django.core.exceptions import BadRequest, PermissionDenied
+from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -10,7 +11,7 @@ from annotator import services as annotator_services
 from review import services
 
 
-QUEUE_PAGE_ROWS = 200
+QUEUE_PAGE_ROWS = 50
 
 
 def queue(request):
@@ -21,13 +22,15 @@ def queue(request):
         request.user, timezone.now(), project, status=request.GET.get("status", ""),
         label=request.GET.get("label", ""), uncertainty_min=_number(request.GET.get("min")),
         uncertainty_max=_number(request.GET.get("max")), reviewer=request.GET.get("reviewer", ""))
+    page = Paginator(images, QUEUE_PAGE_ROWS).get_page(request.GET.get("page"))
     return render(request, "review/queue.html", {
-        "images": images[:QUEUE_PAGE_ROWS],
-        "count": images.count(),
+        "images": page.object_list,
+        "page": page,
+        "count": page.paginator.count,
         "counts": counts,
         "status_counts": [(name, name.replace("_", " "), counts[name]) for name in selectors.QUEUE_STATUSES],
         "project": project,
-        "projects": selectors.projects_visible(request.user),
+        "projects": selectors.projects_listed(request.user),
         "filters": request.GET,
     })
 
@@ -55,7 +58,8 @@ def take_next(request):
 
 def image_review(request, pk):
     image = selectors.image_get(request.user, pk)
-    predictions = list(image.predictions.all())
+    # The evidence of the version whose verdict the image shows: after fine-tuning a pending image has several.
+    predictions = list(image.predictions.filter(model_version=image.model_version))
     classes = image.project.classes
     for prediction in predictions:
         prediction.rows = [{"name": name, "probability": p, "std": s}
@@ -65,7 +69,7 @@ def image_review(request, pk):
         "predictions": predictions,
         "mask": selectors.mask_latest(image),
         "mask_count": image.masks.count(),
-        "model_mask": image.masks.filter(source="model").order_by("version").first(),
+        "model_mask": image.masks.filter(source="model").order_by("-version").first(),
         "can_review": selectors.user_can_review(request.user, image.project),
         "diagnosis": image.reviewed_label or image.predicted_label,
         "reviews": image.reviews.select_related("reviewer", "mask")[:10],

@@ -104,3 +104,34 @@ def png_bytes(width=64, height=48, value=128, mode="L") -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, (width, height), value).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def dicom_bytes(pixels, photometric="MONOCHROME2", compressed_syntax=None, **tags) -> bytes:
+    """A small DICOM file written by pydicom: 16-bit grayscale `pixels` (rows x columns, or frames x rows x columns)
+    stored uncompressed, or a placeholder fragment under `compressed_syntax`; `tags` are set as given."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = compressed_syntax or ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.Rows, dataset.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        dataset.NumberOfFrames = pixels.shape[0]
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = photometric
+    dataset.BitsAllocated = dataset.BitsStored = 16
+    dataset.HighBit = 15
+    dataset.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    dataset.PixelData = encapsulate([b"\xff\xd8 not decoded"]) if compressed_syntax else pixels.astype(
+        pixels.dtype.newbyteorder("<")).tobytes()
+    for keyword, value in tags.items():
+        setattr(dataset, keyword, value)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

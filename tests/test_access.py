@@ -1,31 +1,37 @@
 """Everything needs a login; project membership decides what anyone sees; only admins upload and export."""
 import pytest
+from django.core.files.base import ContentFile
 
-from annotator.models import Mask
+from annotator.models import Mask, TrainingRun
 from annotator.services import mask_create
-from tests.factories import annotated_image, box_mask
+from tests.factories import annotated_image, box_mask, mask_png
 
 
 @pytest.fixture
 def urls(team):
     image = annotated_image(team.project)
+    image.reference_mask.save("reference.png", ContentFile(mask_png(box_mask((40, 30), (2, 2, 8, 8)))))
     model_mask = image.masks.get()
     # A drawn version on top of the model's, so that version 1 can be restored.
     mask_create(image, box_mask((40, 30), (0, 0, 9, 9)), Mask.Source.HUMAN, author=team.radiologist,
                 parent=model_mask)
     p, i = team.project.pk, image.pk
+    run = TrainingRun.objects.create(project=team.project, status=TrainingRun.Status.DONE)
     urls = {
         "pages": ["/", "/review/", f"/projects/{p}/", f"/review/images/{i}/", f"/review/images/{i}/history/",
                   f"/projects/{p}/dashboard/"],
         "project_pages": [f"/projects/{p}/", f"/review/images/{i}/", f"/review/images/{i}/history/",
                           f"/projects/{p}/dashboard/"],
-        "admin_pages": [f"/projects/{p}/export/coco.json", f"/projects/{p}/export/masks.zip"],
+        "admin_pages": [f"/projects/{p}/export/coco.json", f"/projects/{p}/export/masks.zip", f"/projects/{p}/models/"],
         "restore": f"/review/images/{i}/masks/1/restore/",
         "requeue": f"/review/images/{i}/requeue/",
         "api_project": [f"/api/projects/{p}/", f"/api/projects/{p}/images/", f"/api/images/{i}/",
                         f"/api/images/{i}/image", f"/api/predictions/{image.predictions.first().pk}/heatmap.png",
-                        f"/api/masks/{model_mask.pk}/mask.png"],
-        "api_admin": [f"/api/projects/{p}/export/coco/", f"/api/projects/{p}/export/png/"],
+                        f"/api/masks/{model_mask.pk}/mask.png", f"/api/images/{i}/reference.png"],
+        "api_admin": [f"/api/projects/{p}/export/coco/", f"/api/projects/{p}/export/png/",
+                      f"/api/projects/{p}/export/coco/?format=polygon&status=pending",
+                      f"/api/projects/{p}/training-runs/", f"/api/training-runs/{run.pk}/",
+                      f"/api/projects/{p}/model-versions/"],
         "api_restore": f"/api/images/{i}/masks/1/restore/",
         "api_requeue": f"/api/images/{i}/requeue/",
         "upload": f"/api/projects/{p}/uploads/",

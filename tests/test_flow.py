@@ -130,7 +130,7 @@ def test_upload_to_approved_mask_and_exports(team, live_server, celery_worker, t
         assert np.array_equal(decoded, stored), image.original_name
     assert np.array_equal(mask_array(Image.objects.get(pk=first["id"]).approved_mask), corrected)
     masks_zip = zipfile.ZipFile(io.BytesIO(admin.get(f"{url}/api/projects/{project}/export/png/").content))
-    for entry in json.loads(masks_zip.read("index.json")):
+    for entry in json.loads(masks_zip.read("index.json"))["images"]:
         exported = np.asarray(PILImage.open(io.BytesIO(masks_zip.read(entry["mask"])))) > 0
         assert np.array_equal(exported, mask_array(Image.objects.get(pk=entry["image_id"]).approved_mask))
     assert Job.objects.get(pk=job_id).images.count() == 4

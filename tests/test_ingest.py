@@ -1,11 +1,22 @@
 """Bulk upload: good images import once, every bad file is named with a reason, nothing escapes the media folder."""
+import hashlib
+import hmac
 import io
+import json
+import random
+import struct
 import zipfile
 
+import numpy as np
+from django.conf import settings
+from django.core.files.uploadedfile import TemporaryUploadedFile
 from PIL import Image as PILImage
+from pydicom.uid import JPEGLSLossless, generate_uid
 
-from annotator.models import Image, Job
-from tests.conftest import png_bytes, real_images, zip_of
+from annotator import ingest
+from annotator.models import Image, Job, Mask, Study
+from tests.conftest import dicom_bytes, png_bytes, real_images, zip_of
+from tests.factories import box_mask, mask_png
 
 
 def upload(team, archive, user=None):
@@ -76,21 +87,17 @@ def test_decompression_bomb_and_oversized_files_are_rejected(team, settings):
     assert job.json()["imported"] == 1
 
 
-def test_an_unusable_upload_is_refused_whole_and_changes_nothing(team):
+def test_an_unusable_upload_is_refused_whole_and_changes_nothing(team, settings):
     upload(team, zip_of({"keep.png": png_bytes(value=1)}))
     before = (Image.objects.count(), Job.objects.count())
     not_a_zip = io.BytesIO(b"PK but not really a zip")
     not_a_zip.name = "broken.zip"
     response = upload(team, not_a_zip)
     assert response.status_code == 400 and "not a readable zip" in response.json()["file"][0]
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("new.png", png_bytes(value=2))
-        z.writestr("labels.csv", "name;diagnosis\nnew.png;lesion\n")
-    archive.seek(0)
-    archive.name = "wrong-csv.zip"
-    response = upload(team, archive)
-    assert response.status_code == 400 and "'filename' and 'label'" in response.json()["file"][0]
+    settings.UPLOAD_MAX_FILES = 2
+    response = upload(team, zip_of({"a.png": png_bytes(value=3), "b.png": png_bytes(value=4),
+                                    "c.png": png_bytes(value=5)}))
+    assert response.status_code == 400 and "holds 3 files; at most 2" in response.json()["file"][0]
     assert (Image.objects.count(), Job.objects.count()) == before
 
 
@@ -109,3 +116,247 @@ def test_upload_page_shows_rejected_files(team):
     assert response.status_code == 200
     page = response.content.decode()
     assert "1 new images queued" in page and "bad.png" in page and "not an image" in page
+
+
+def noise_png(width, height, seed=0) -> bytes:
+    """A PNG that does not compress: its size on disk is about its pixel count."""
+    picture = PILImage.frombytes("L", (width, height), random.Random(seed).randbytes(width * height))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+def mask_bytes(size, box) -> bytes:
+    return mask_png(box_mask(size, box))
+
+
+def stored_pixels(field) -> np.ndarray:
+    with PILImage.open(field.path) as picture:
+        return np.asarray(picture)
+
+
+def header_rewritten(archive: bytes, name: str, declared: int) -> io.BytesIO:
+    """The zip with `name`'s uncompressed size set to `declared` in its local and central headers, as a forger
+    would to slip a bomb past a check of the headers."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as z:
+        local = z.getinfo(name).header_offset
+    data = bytearray(archive)
+    struct.pack_into("<I", data, local + 22, declared)
+    central = data.find(b"PK\x01\x02")
+    while data[central + 46:central + 46 + struct.unpack_from("<H", data, central + 28)[0]] != name.encode():
+        central = data.find(b"PK\x01\x02", central + 4)
+    struct.pack_into("<I", data, central + 24, declared)
+    buffer = io.BytesIO(bytes(data))
+    buffer.name = "forged.zip"
+    return buffer
+
+
+def test_zip_bombs_are_caught_by_what_members_hold_not_what_headers_say(team, settings):
+    settings.IMAGE_MAX_BYTES = 50_000
+    settings.UPLOAD_MAX_COMPRESSION_RATIO = 100
+    short = png_bytes(value=7)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("liar.png", random.Random(1).randbytes(120_000))  # incompressible: only the header lies
+        z.writestr("short.png", short + b"trailing bytes the header leaves out")
+        z.writestr("zeros.png", bytes(3 * 1024**2))  # 3 MB of zeros in a few KB, within no limit but the ratio
+        z.writestr("zeros-liar.png", bytes(3 * 1024**2))
+        z.writestr("ok.png", png_bytes(value=8))
+    forged = header_rewritten(archive.getvalue(), "liar.png", 1000)
+    forged = header_rewritten(forged.getvalue(), "short.png", len(short))
+    forged = header_rewritten(forged.getvalue(), "zeros-liar.png", 1000)
+    settings.IMAGE_MAX_BYTES = 4 * 1024**2
+    reasons = {e["name"]: e["reason"] for e in upload(team, forged).json()["errors"]}
+    assert "header says" in reasons["short.png"] and "damaged or forged" in reasons["short.png"]
+    assert "compressed more than 100:1" in reasons["zeros.png"]
+    assert "compressed more than 100:1" in reasons["zeros-liar.png"]  # found while reading, not from the header
+    settings.IMAGE_MAX_BYTES = 50_000
+    job = upload(team, header_rewritten(forged.getvalue(), "liar.png", 1000)).json()
+    reasons = {e["name"]: e["reason"] for e in job["errors"]}
+    assert "over the limit of 50000 bytes uncompressed (its header said 1000" in reasons["liar.png"]
+    assert set(reasons) == {"liar.png", "short.png", "zeros.png", "zeros-liar.png"}
+    assert list(Image.objects.values_list("original_name", flat=True)) == ["ok.png"]
+
+
+def test_a_large_upload_is_spooled_to_disk_and_read_in_pieces(team, settings, monkeypatch):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    files = {f"scan{i}.png": noise_png(200, 150, seed=i) for i in range(4)}
+    archive = zip_of(files)
+    total = len(archive.getvalue())
+    read_sizes = []
+    real_zip_entries = ingest.zip_entries
+
+    class ReadSpy:
+        def __init__(self, file):
+            self.file = file
+
+        def read(self, *size):
+            data = self.file.read(*size)
+            read_sizes.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def spied(upload):
+        assert isinstance(upload, TemporaryUploadedFile)  # Django spooled it to disk
+        return real_zip_entries(ReadSpy(upload.file))
+
+    monkeypatch.setattr(ingest, "zip_entries", spied)
+    job = upload(team, archive).json()
+    assert (job["imported"], job["errors"]) == (4, [])
+    assert max(read_sizes) < total / 3  # member by member, never the whole archive
+
+
+def test_wrong_label_files_are_reported_and_the_images_still_import(team):
+    cases = {
+        "columns": b"name;diagnosis\nnew.png;lesion\n",
+        "encoding": "filename,label\nnew.png,l\xe9sion\n".encode("latin-1"),
+    }
+    reasons = {}
+    for value, (case, csv_bytes) in enumerate(cases.items()):
+        job = upload(team, zip_of({"labels.csv": csv_bytes, f"{case}.png": png_bytes(value=value)})).json()
+        assert job["imported"] == 1
+        reasons[case] = [e["reason"] for e in job["errors"] if e["name"] == "labels.csv"]
+    assert "'filename' and 'label' columns (found ['name;diagnosis'])" in reasons["columns"][0]
+    assert "not UTF-8" in reasons["encoding"][0] and "no labels were applied" in reasons["encoding"][0]
+    assert set(Image.objects.values_list("label", flat=True)) == {""}
+
+
+def test_reference_masks_come_with_the_upload_apart_from_model_output(team, settings):
+    size = (64, 48)
+    files = {
+        "scans/a.png": png_bytes(value=10), "masks/a_mask.png": mask_bytes(size, (0, 0, 10, 10)),
+        "scans/b.png": png_bytes(value=20), "masks/b_mask_1.png": mask_bytes(size, (0, 0, 5, 5)),
+        "masks/b_mask_2.png": mask_bytes(size, (30, 30, 40, 40)),
+        "scans/c.png": png_bytes(value=30), "masks/c.png": mask_bytes((32, 32), (0, 0, 5, 5)),
+        "masks/nobody_mask.png": mask_bytes(size, (0, 0, 5, 5)),
+        "left/d.png": png_bytes(value=40), "right/d.png": png_bytes(value=50),
+        "masks/d_mask.png": mask_bytes(size, (0, 0, 5, 5)),
+    }
+    job = upload(team, zip_of(files)).json()
+    reasons = {e["name"]: e["reason"] for e in job["errors"]}
+    assert "the mask is 32x32 but the image is 64x48; c.png has no reference mask" in reasons["masks/c.png"]
+    assert "no image named 'nobody'" in reasons["masks/nobody_mask.png"]
+    assert "2 images are named 'd'; cannot tell which" in reasons["masks/d_mask.png"]
+    assert job["imported"] == 5 and len(reasons) == 3
+    images = {i.original_name: i for i in Image.objects.all()}
+    expected_b = box_mask(size, (0, 0, 5, 5)) | box_mask(size, (30, 30, 40, 40))
+    assert np.array_equal(stored_pixels(images["b.png"].reference_mask), expected_b.astype(np.uint8) * 255)
+    assert np.array_equal(stored_pixels(images["a.png"].reference_mask) > 0, box_mask(size, (0, 0, 10, 10)))
+    assert not images["c.png"].reference_mask
+    assert not Mask.objects.exists()  # ground truth is never a mask version, so never what the queue shows
+    api = team.api(team.radiologist)
+    detail = api.get(f"/api/images/{images['b.png'].pk}/").json()
+    assert detail["reference_mask_url"].endswith(f"/api/images/{images['b.png'].pk}/reference.png")
+    response = api.get(f"/api/images/{images['b.png'].pk}/reference.png")
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    assert api.get(f"/api/images/{images['c.png'].pk}/").json()["reference_mask_url"] is None
+    assert api.get(f"/api/images/{images['c.png'].pk}/reference.png").status_code == 404
+
+
+def test_a_reupload_fills_in_what_was_missing_and_overwrites_nothing(team):
+    size = (64, 48)
+    scan = png_bytes(value=10)
+    upload(team, zip_of({"a.png": scan}))
+    image = Image.objects.get()
+    image.reviewed_label, image.review_status = "normal", Image.ReviewStatus.APPROVED
+    image.save()
+    job = upload(team, zip_of({"a.png": scan, "masks/a.png": mask_bytes(size, (0, 0, 4, 4))}, {"a.png": "lesion"}))
+    assert (job.json()["imported"], job.json()["duplicates"], job.json()["errors"]) == (0, 1, [])
+    image.refresh_from_db()
+    first_reference = image.reference_mask.name
+    assert (image.label, image.reviewed_label, image.review_status) == ("lesion", "normal", "approved")
+    assert first_reference.startswith("reference/")
+    job = upload(team, zip_of({"copy.png": scan, "masks/copy.png": mask_bytes(size, (9, 9, 20, 20))},
+                              {"copy.png": "normal"})).json()
+    reasons = {e["name"]: e["reason"] for e in job["errors"]}
+    assert "labelled 'lesion'; the label 'normal' was not applied" in reasons["copy.png"]
+    assert "with another reference mask; kept that one" in reasons["masks/copy.png"]
+    image.refresh_from_db()
+    assert (Image.objects.count(), image.label, image.reference_mask.name) == (1, "lesion", first_reference)
+    again = upload(team, zip_of({"a.png": scan, "masks/a.png": mask_bytes(size, (0, 0, 4, 4))},
+                                {"a.png": "lesion"})).json()
+    assert (again["duplicates"], again["errors"]) == (1, [])  # the same upload again: nothing to say
+
+
+CT_PIXELS = np.array([[0, 50, 70], [130, 150, 200]], dtype=np.uint16)  # x 2 - 100: -100, 0, 40, 160, 200, 300 HU
+CT_WINDOWED = np.array([[0, 0, 51], [204, 255, 255]], dtype=np.uint8)  # window 100 ± 100 HU onto 0..255
+
+
+def test_dicom_pixels_are_rescaled_windowed_and_stored_as_png(team, media_root):
+    study = generate_uid()
+    files = {
+        "ct/mono2.dcm": dicom_bytes(CT_PIXELS, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=[100, 50],
+                                    WindowWidth=[200, 100], StudyInstanceUID=study, InstanceNumber=1),
+        "ct/mono1": dicom_bytes(CT_PIXELS, photometric="MONOCHROME1", RescaleSlope=2, RescaleIntercept=-100,
+                                WindowCenter=100, WindowWidth=200, StudyInstanceUID=study, InstanceNumber=2),
+        "ct/no-window.dcm": dicom_bytes(np.array([[-20, 20], [140, 180]], dtype=np.int16), StudyInstanceUID=study),
+        "ct/cine.dcm": dicom_bytes(np.stack([np.full((2, 3), v, np.uint16) for v in (0, 40, 200)]),
+                                   WindowCenter=100, WindowWidth=200, StudyInstanceUID=study),
+    }
+    job = upload(team, zip_of(files)).json()
+    assert (job["imported"], job["errors"]) == (4, [])
+    images = {i.original_name: i for i in Image.objects.all()}
+    assert np.array_equal(stored_pixels(images["mono2.dcm"].file), CT_WINDOWED)
+    assert np.array_equal(stored_pixels(images["mono1"].file), 255 - CT_WINDOWED)
+    assert np.array_equal(stored_pixels(images["no-window.dcm"].file), [[0, 51], [204, 255]])  # min-max
+    assert np.array_equal(stored_pixels(images["cine.dcm"].file), np.full((2, 3), 51))  # the middle frame
+    assert (images["mono2.dcm"].width, images["mono2.dcm"].height) == (3, 2)
+    assert all(i.file.name.endswith(".png") for i in images.values())
+    assert not [p for p in media_root.rglob("*") if p.is_file() and not p.name.endswith(".png")]  # no .dcm kept
+
+
+def test_dicom_studies_are_grouped_and_patients_not_identified(team):
+    study, other_study = generate_uid(), generate_uid()
+    patient = {"PatientName": "Doe^Jane", "PatientID": "MRN-424242", "PatientBirthDate": "19700101",
+               "Modality": "US", "StudyDate": "20240131", "WindowCenter": 100, "WindowWidth": 200}
+    files = {
+        "one.dcm": dicom_bytes(CT_PIXELS, StudyInstanceUID=study, SeriesInstanceUID="1.2.3", SeriesDescription="B-mode",
+                               InstanceNumber=7, StudyDescription="Breast left", **patient),
+        "two.dcm": dicom_bytes(CT_PIXELS + 10, StudyInstanceUID=study, SeriesInstanceUID="1.2.4", InstanceNumber=1,
+                               StudyDescription="Breast left", **patient),
+        "three.dcm": dicom_bytes(CT_PIXELS + 20, StudyInstanceUID=other_study, **patient),
+        "plain.png": png_bytes(),
+    }
+    assert upload(team, zip_of(files)).json()["imported"] == 4
+    upload(team, zip_of({"four.dcm": dicom_bytes(CT_PIXELS + 30, StudyInstanceUID=study, **patient)}))
+    studies = {s.study_uid: s for s in team.project.studies.all()}
+    assert len(studies) == 3 and studies[study].images.count() == 3  # one study per StudyInstanceUID, across uploads
+    assert (studies[study].name, studies[study].modality) == ("Breast left", "US")
+    assert studies[other_study].name == "2024-01-31"
+    assert studies[""].name == "upload.zip"  # the plain PNG's: the upload's own study
+    expected_key = hmac.new(settings.SECRET_KEY.encode(), b"MRN-424242", hashlib.sha256).hexdigest()[:32]
+    assert studies[study].patient_key == studies[other_study].patient_key == expected_key
+    one = Image.objects.get(original_name="one.dcm")
+    assert (one.series_uid, one.series_description, one.instance_number) == ("1.2.3", "B-mode", 7)
+    api = team.api(team.radiologist)
+    detail = api.get(f"/api/images/{one.pk}/")
+    assert detail.json()["study"] == {"id": one.study_id, "name": "Breast left", "modality": "US"}
+    assert detail.json()["series_description"] == "B-mode"
+    shown = detail.content.decode() + api.get(f"/api/projects/{team.project.pk}/images/").content.decode()
+    shown += team.client(team.radiologist).get(f"/review/images/{one.pk}/").content.decode()
+    stored = json.dumps(list(Study.objects.values()) + list(Image.objects.values()), default=str)
+    for identifier in ("Doe", "Jane", "MRN-424242", "19700101", expected_key):
+        assert identifier not in shown, identifier
+    for identifier in ("Doe", "Jane", "MRN-424242", "19700101"):
+        assert identifier not in stored, identifier
+
+
+def test_unusable_dicom_files_are_rejected_by_name(team, settings):
+    settings.IMAGE_MAX_PIXELS = 100
+    files = {
+        "jpeg-ls.dcm": dicom_bytes(CT_PIXELS, compressed_syntax=JPEGLSLossless),
+        "huge.dcm": dicom_bytes(np.zeros((20, 20), dtype=np.uint16)),
+        "truncated.dcm": dicom_bytes(np.zeros((8, 8), dtype=np.uint16))[:-40],
+        "colour-map.dcm": dicom_bytes(CT_PIXELS, photometric="PALETTE COLOR"),
+        "ok.dcm": dicom_bytes(CT_PIXELS),
+    }
+    job = upload(team, zip_of(files)).json()
+    reasons = {e["name"]: e["reason"] for e in job["errors"]}
+    assert "JPEG-LS Lossless Image Compression" in reasons["jpeg-ls.dcm"]
+    assert "needs a decoder that is not installed" in reasons["jpeg-ls.dcm"]
+    assert "possible decompression bomb" in reasons["huge.dcm"]
+    assert "corrupt or truncated pixel data" in reasons["truncated.dcm"]
+    assert "PALETTE COLOR is not supported" in reasons["colour-map.dcm"]
+    assert job["imported"] == 1

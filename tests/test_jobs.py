@@ -31,8 +31,8 @@ def tiny_ensemble(tiny_ensemble_folder, settings):
 def uploaded_job(team, count=3):
     from annotator.ingest import upload_ingest, zip_entries
 
-    entries, labels = zip_entries(zip_of({f"{i}.png": png_bytes(value=i * 40) for i in range(count)}))
-    return upload_ingest(team.project, entries, labels, "upload.zip", team.admin)
+    contents = zip_entries(zip_of({f"{i}.png": png_bytes(value=i * 40) for i in range(count)}))
+    return upload_ingest(team.project, contents, "upload.zip", team.admin)
 
 
 def test_annotating_a_job_twice_writes_each_image_once(team, tiny_ensemble):

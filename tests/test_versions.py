@@ -199,3 +199,23 @@ def test_requeue_is_refused_for_an_image_that_was_not_rejected(team):
     approved.refresh_from_db()
     assert approved.review_status == "approved" and approved.approved_mask.version == 1
     assert list(Review.objects.values_list("decision", flat=True)) == ["approved"]
+
+
+def test_a_version_others_build_on_cannot_be_deleted_but_a_whole_project_can(team):
+    import pytest
+    from django.db.models import RestrictedError
+
+    from annotator.models import ModelVersion, Project
+    from review.services import image_approve
+
+    image = annotated_image(team.project)
+    drawn = drawn_version(image, team.radiologist)
+    image_approve(image, team.radiologist, comment="ok")
+    with pytest.raises(RestrictedError):
+        image.masks.get(version=1).delete()  # version 2 was drawn on it: history is never cut
+    team.project.model_version = ModelVersion.objects.create(project=team.project, name="ft-1", folder="/x")
+    team.project.save()
+
+    team.project.delete()
+    assert not Project.objects.filter(pk=team.project.pk).exists()
+    assert not Mask.objects.filter(pk=drawn.pk).exists() and not Review.objects.exists()

@@ -10,8 +10,9 @@ from django.core.management.base import BaseCommand, CommandError
 from annotator.ingest import UploadError, folder_entries, upload_ingest, zip_entries
 from annotator.models import Membership, Project
 from annotator.services import jobs_requeue_unfinished
+from annotator.training import training_runs_requeue_unfinished
 
-DEMO_SOURCE = settings.BASE_DIR / "demo" / "busi" / "images"
+DEMO_SOURCE = settings.BASE_DIR / "demo" / "busi"  # images/ with labels.csv, and masks/ as reference masks
 
 
 class Command(BaseCommand):
@@ -19,7 +20,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--source", type=Path, default=DEMO_SOURCE,
-                            help="a folder or zip of PNG/JPEG images, optionally with labels.csv")
+                            help="a folder or zip of PNG/JPEG/DICOM images, optionally with labels.csv and masks/")
         parser.add_argument("--project", default="BUSI demo")
 
     def handle(self, *args, source, project, **options):
@@ -34,9 +35,12 @@ class Command(BaseCommand):
         resumed = jobs_requeue_unfinished()
         if resumed:
             self.stdout.write(f"{resumed} unfinished job(s) from an earlier run sent to the worker again.")
+        resumed = training_runs_requeue_unfinished()
+        if resumed:
+            self.stdout.write(f"{resumed} unfinished fine-tuning run(s) sent to the worker again.")
         try:
-            entries, labels = zip_entries(source) if source.is_file() else folder_entries(source)
-            job = upload_ingest(project, entries, labels, source.name, admin)
+            contents = zip_entries(source) if source.is_file() else folder_entries(source)
+            job = upload_ingest(project, contents, source.name, admin)
         except UploadError as error:
             raise CommandError(f"{source}: {error}")
         self.stdout.write(f"Project {project.name!r}: {job.imported} new images queued for the ensemble, "

@@ -1,0 +1,73 @@
+"""The job sweep: a job the database calls queued or running, but whose message no broker holds any more (Redis
+restarted without persistence, a worker on the filesystem broker killed mid-job, a web process that died between its
+commit and the publish), is sent to the workers again. Celery beat runs it every JOB_SWEEP_SECONDS.
+
+The broker and the database are not read in one atomic step, so now and then a job is sent twice (e.g. a worker took
+its message from the queue a moment before and has not yet recorded it as unacknowledged). That is harmless:
+annotation is idempotent per image and a finished job ignores its message.
+"""
+import json
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from annotator.models import Job
+
+log = logging.getLogger(__name__)
+
+
+def jobs_sweep() -> list[int]:
+    """Send again the queued and running jobs older than JOB_SWEEP_GRACE_SECONDS that no broker message holds;
+    their ids."""
+    from annotator.tasks import job_annotate_task
+
+    # The broker first: a job that finishes in between is then read as done, not as unfinished and lost.
+    held = broker_task_args(job_annotate_task.name)
+    if held is None:
+        return []
+    cutoff = timezone.now() - timedelta(seconds=settings.JOB_SWEEP_GRACE_SECONDS)
+    unfinished = Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING], created_at__lt=cutoff)
+    lost = [job_id for job_id in unfinished.order_by("id").values_list("id", flat=True) if job_id not in held]
+    for job_id in lost:
+        transaction.on_commit(lambda job_id=job_id: job_annotate_task.delay(job_id))
+    if lost:
+        log.warning("job sweep: no broker message holds jobs %s; sent them again", lost)
+    return lost
+
+
+def broker_task_args(task_name: str) -> set | None:
+    """The first argument of each message of the task that the broker holds, waiting in the task's queue or
+    delivered to a worker and not yet acknowledged; None for a kind of broker this cannot look into."""
+    app = current_app
+    queue = app.amqp.router.route({}, task_name)["queue"].name
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        driver = connection.transport.driver_type
+        if driver == "redis":
+            # One MULTI: a message moved from the queue to the unacknowledged hash is seen in one place or the
+            # other. Nothing here sets a priority, so all messages are in the queue's own list.
+            with channel.conn_or_acquire() as client:
+                waiting, unacked = client.pipeline().lrange(queue, 0, -1).hvals(channel.unacked_key).execute()
+            payloads = [json.loads(raw) for raw in waiting] + [json.loads(raw)[0] for raw in unacked]
+        elif driver == "filesystem":
+            # A message is a file until a worker takes it; a running job's message cannot be seen, so a job that
+            # runs longer than the grace period gets one spare message, which finds it done.
+            payloads = [payload for path in Path(channel.data_folder_in).glob(f"*.{queue}.msg")
+                        if (payload := _message_file_read(path)) is not None]
+        else:
+            log.warning("job sweep: cannot look into a %s broker; nothing swept", driver)
+            return None
+        messages = [channel.Message(payload, channel=channel) for payload in payloads]
+        return {message.decode()[0][0] for message in messages if message.headers.get("task") == task_name}
+
+
+def _message_file_read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None  # a worker took it meanwhile

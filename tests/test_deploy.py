@@ -1,0 +1,145 @@
+"""The Docker deployment: docker-compose.yml against the Compose Specification's schema (vendored in tests/data, so
+no network and no Docker are needed), health checks, the GPU reservation, no secrets in the files, and an
+.env.example that lists every environment variable config/settings.py reads."""
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+SCHEMA = ROOT / "tests" / "data" / "compose-spec" / "compose-spec.json"
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|KEY")
+INTERPOLATION = re.compile(r"^\$\{[A-Z_]+:\?[^}]*\}$")  # ${NAME:?message}: compose refuses to start without it
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def validator():
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+
+
+def env_example() -> dict[str, str]:
+    """Each NAME=value line of .env.example, set or commented out (a commented one documents a default)."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(re.match(r"#? ?([A-Z][A-Z0-9_]*)=(.*)", line).groups() for line in lines
+                if re.match(r"#? ?[A-Z][A-Z0-9_]*=", line))
+
+
+def env_example_set() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if re.match(r"[A-Z][A-Z0-9_]*=", line))
+
+
+def settings_env_names() -> set[str]:
+    """The variables config/settings.py reads: os.environ.get / os.getenv / os.environ[...] / env_bool / env_int."""
+    readers = {"os.environ.get", "os.getenv", "env_bool", "env_int"}
+    names = set()
+    for node in ast.walk(ast.parse((ROOT / "config" / "settings.py").read_text())):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in readers:
+            key = node.args[0] if node.args else None
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
+            key = node.slice
+        else:
+            continue
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            names.add(key.value)
+    return names
+
+
+def test_the_compose_file_follows_the_compose_specification(compose, validator):
+    validator.validate(compose)
+    misspelt = {**compose, "services": {**compose["services"], "web": {**compose["services"]["web"], "helthcheck": {}}}}
+    assert not validator.is_valid(misspelt)  # the schema does catch mistakes
+
+
+def test_every_service_has_a_health_check(compose):
+    services = compose["services"]
+    assert set(services) == {"web", "worker", "worker-cpu", "beat", "db", "redis"}
+    for name, service in services.items():
+        assert service["healthcheck"]["test"], name
+    assert "http://127.0.0.1:8000/healthz" in " ".join(services["web"]["healthcheck"]["test"])
+    for worker in ("worker", "worker-cpu"):
+        assert "inspect ping" in " ".join(services[worker]["healthcheck"]["test"])
+    assert "celerybeat-schedule" in " ".join(services["beat"]["healthcheck"]["test"])
+
+
+def test_the_gpu_worker_reserves_a_gpu_and_the_cpu_worker_runs_the_same_command_without(compose):
+    gpu, cpu = compose["services"]["worker"], compose["services"]["worker-cpu"]
+    [device] = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "deploy" not in cpu and cpu["command"] == gpu["command"] and cpu["image"] == gpu["image"]
+    assert (gpu["profiles"], cpu["profiles"]) == (["gpu"], ["cpu"])
+    assert env_example_set()["COMPOSE_PROFILES"] in ("gpu", "cpu")
+
+
+def test_web_and_workers_share_one_image_and_the_media_volume(compose):
+    services = compose["services"]
+    for name in ("web", "worker", "worker-cpu", "beat"):
+        assert services[name]["image"] == "weak-to-pixel" and "media:/data" in services[name]["volumes"], name
+    assert {"media", "pgdata", "redisdata"} <= set(compose["volumes"])
+
+
+def test_no_secret_is_written_in_the_compose_file_or_the_example_env(compose):
+    for name, service in compose["services"].items():
+        for key, value in service.get("environment", {}).items():
+            if SECRET_NAME.search(key):
+                assert INTERPOLATION.match(value), f"{name}: {key} must come from .env"
+            for password in re.findall(r"://[^:/@]+:([^@]+)@", value):  # credentials inside a URL
+                assert INTERPOLATION.match(password), f"{name}: the password in {key} must come from .env"
+    example = env_example_set()
+    assert example["SECRET_KEY"] == "" and example["POSTGRES_PASSWORD"] == ""  # each must be chosen per install
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()  # the real one never goes into the image
+
+
+def test_env_example_lists_every_variable_the_settings_read():
+    names = settings_env_names()
+    assert {"SECRET_KEY", "DATABASE_URL", "ALLOWED_HOSTS", "LOG_FORMAT"} <= names  # the parser finds them
+    assert names - set(env_example()) == set()
+
+
+def test_the_image_runs_as_a_non_root_user_with_collected_static_files_and_pinned_gunicorn():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
+    assert "manage.py collectstatic" in dockerfile and "gunicorn config.wsgi" in dockerfile
+    assert re.search(r"^gunicorn==[\d.]+", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+
+
+def settings_from(env: dict[str, str], tmp_path) -> dict:
+    """Settings as config/settings.py computes them from `env` alone, in a fresh interpreter."""
+    names = ["DEBUG", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE",
+             "LOG_FORMAT"]
+    code = ("import json, config.settings as s; "
+            f"print(json.dumps({{n: getattr(s, n) for n in {names}}} | "
+            "{'SECURE_PROXY_SSL_HEADER': getattr(s, 'SECURE_PROXY_SSL_HEADER', None)}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                            env={"PATH": os.environ["PATH"], "VAR_DIR": str(tmp_path), **env})
+    return json.loads(result.stdout)
+
+
+def test_the_example_env_gives_a_production_configuration_without_debug(tmp_path):
+    example = {**env_example_set(), "SECRET_KEY": "a-key-for-this-test"}
+    loaded = settings_from(example, tmp_path)
+    assert loaded["DEBUG"] is False and loaded["ALLOWED_HOSTS"] == ["localhost", "127.0.0.1"]
+    assert loaded["CSRF_TRUSTED_ORIGINS"] == [] and loaded["LOG_FORMAT"] == "plain"
+    # Plain HTTP on this host until HTTPS is set up in front.
+    assert not loaded["SESSION_COOKIE_SECURE"] and loaded["SECURE_PROXY_SSL_HEADER"] is None
+
+
+def test_https_settings_secure_the_cookies_and_trust_the_proxy_header(tmp_path):
+    loaded = settings_from({"SECURE_COOKIES": "1", "TRUST_X_FORWARDED_PROTO": "1",
+                            "CSRF_TRUSTED_ORIGINS": "https://annotator.example.org"}, tmp_path)
+    assert loaded["SESSION_COOKIE_SECURE"] and loaded["CSRF_COOKIE_SECURE"]
+    assert loaded["SECURE_PROXY_SSL_HEADER"] == ["HTTP_X_FORWARDED_PROTO", "https"]
+    assert loaded["CSRF_TRUSTED_ORIGINS"] == ["https://annotator.example.org"]
