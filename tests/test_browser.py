@@ -105,6 +105,7 @@ def test_paint_erase_undo_save_and_approve_in_the_browser(team, live_server, bro
 
     page.keyboard.press("Control+s")
     page.wait_for_function("document.querySelector('[data-save-status]').textContent.includes('Saved as version 2')")
+    assert page.inner_text("[data-version-count]") == "2"
     page.check("[data-toggle=model-mask]")
     page.check("[data-toggle=cam-resnet50]")
     page.click("[data-window-auto]")

@@ -142,6 +142,8 @@ saveOnTop.addEventListener("click", () => editor.save(conflictVersion));
 editorRoot.addEventListener("mask:saved", ({ detail }) => {
   const version = document.getElementById("approve-mask-version");
   if (version) version.value = detail.version;
+  const count = document.querySelector("[data-version-count]");
+  if (count) count.textContent = detail.version;  // versions are numbered 1, 2, … with none ever removed
   const approve = root.dataset.approveButton && document.getElementById(root.dataset.approveButton);
   if (approve) approve.textContent = `Approve mask v${detail.version}`;
   else window.location.reload(); // the first mask of an image: the page now has a decision to offer
