@@ -248,7 +248,11 @@ def dataset_zip_response(project, options):
 def _export_response(write, project, options, suffix, content_type):
     """Written to a temporary file first and streamed from there, so no export is ever held in memory."""
     target = tempfile.TemporaryFile()
-    write(project, options, target)
+    try:
+        write(project, options, target)
+    except BaseException:
+        target.close()
+        raise
     target.seek(0)
     return FileResponse(target, as_attachment=True, filename=f"{project.name}-{options.status}-{suffix}",
                         content_type=content_type)

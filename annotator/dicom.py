@@ -57,6 +57,13 @@ def dicom_convert(data: bytes, max_pixels: int) -> DicomPicture:
     if "PixelData" not in dataset:
         raise DicomError("a DICOM file without pixel data (a DICOMDIR, report or structured document?)")
     _check_decodable(dataset)
+    try:
+        return _picture_from(dataset, max_pixels)
+    except (ValueError, TypeError, ArithmeticError) as error:  # e.g. a RescaleSlope of "abc"
+        raise DicomError(f"unusable DICOM attributes ({type(error).__name__}: {error})") from error
+
+
+def _picture_from(dataset, max_pixels: int) -> DicomPicture:
     rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
     if rows * columns > max_pixels:
         raise DicomError(f"{columns}x{rows} pixels is over the limit of {max_pixels} (possible decompression bomb)")

@@ -252,14 +252,14 @@ def _export_rows(project: Project, options: ExportOptions) -> Iterator[tuple[tup
 
 
 def export_file_name(image, used_stems: set[str]) -> str:
-    """The image's own file name, unless another exported image has its stem (masks are named by stem) or the
+    """The image's own file name with the stored file's extension, unless another exported image has its stem (masks are named by stem) or the
     import would read the stem as a mask's (`x_mask` belongs to `x`): then the image id is added."""
     path = PurePosixPath(PurePosixPath(image.original_name.replace("\\", "/")).name or f"image-{image.id}")
     stem = path.stem
     while stem in used_stems or ingest.MASK_NAME.match(stem)["stem"] != stem:
         stem = f"{stem}-{image.id}"
     used_stems.add(stem)
-    return f"{stem}{path.suffix}"
+    return f"{stem}{PurePosixPath(image.file).suffix}"  # what the file holds: a DICOM upload was stored as PNG
 
 
 def _stored(name: str) -> zipfile.ZipInfo:

@@ -149,7 +149,8 @@ def image_annotation_store(image_id: int, result, model_version: str) -> bool:
     if image.annotated_at is not None:
         return False
     _predictions_store(image, result, model_version)
-    mask_create(image, result.mask, Mask.Source.MODEL, model_version=model_version)
+    if not image.masks.exists():  # a radiologist who drew before the ensemble ran keeps the latest version
+        mask_create(image, result.mask, Mask.Source.MODEL, model_version=model_version)
     image.annotated_at = timezone.now()
     _verdict_store(image, result, model_version)
     return True
@@ -215,7 +216,7 @@ def mask_latest_lock(image: Image, parent_version: int | None, lost: str) -> tup
     what was `lost`) if the caller worked on `parent_version` and a newer one was saved meanwhile."""
     image = Image.objects.select_for_update().get(pk=image.pk)
     latest = image.masks.order_by("-version").first()
-    if parent_version is not None and (latest is None or latest.version != parent_version):
+    if parent_version is not None and (latest.version if latest else 0) != parent_version:  # 0: no mask expected
         raise StaleMaskError(latest.version if latest else None, lost)
     return image, latest
 

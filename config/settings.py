@@ -133,6 +133,7 @@ SPECTACULAR_SETTINGS = {
                    "Authenticate with `Authorization: Token <key>` (tokens in the admin) or a browser session.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],  # like the API it describes
     "COMPONENT_SPLIT_REQUEST": True,  # multipart uploads get their own request schemas
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

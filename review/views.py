@@ -35,6 +35,11 @@ def queue(request):
     })
 
 
+def _is_number(text) -> bool:
+    """Digits that int() reads: str.isdigit() also accepts the likes of "²"."""
+    return bool(text) and text.isascii() and text.isdigit()
+
+
 def _number(text):
     try:
         return float(text)
@@ -49,7 +54,7 @@ def take_next(request):
     if request.GET.get("project"):
         project = selectors.project_get(request.user, request.GET["project"])
     skip = request.GET.get("skip")
-    image = services.image_claim_next(request.user, project, skip=int(skip) if skip and skip.isdigit() else None)
+    image = services.image_claim_next(request.user, project, skip=int(skip) if _is_number(skip) else None)
     if image is None:
         messages.info(request, "Nothing waits for review that another reviewer is not already on.")
         return redirect("review-queue")
@@ -98,7 +103,7 @@ def _posted_version(request, name):
     text = request.POST.get(name, "")
     if not text:
         return None
-    if not text.isdigit():
+    if not _is_number(text):
         raise BadRequest(f"{name} must be a version number")
     return int(text)
 

@@ -33,6 +33,9 @@ def test_the_schema_documents_every_api_endpoint(team):
         for method, operation in operations.items():
             assert operation["responses"], f"{method} {path} documents no response"
     assert team.client(team.radiologist).get("/api/docs/").status_code == 200
+    from rest_framework.test import APIClient
+
+    assert APIClient().get("/api/schema/").status_code == 401  # like the API it describes
 
 
 def test_schemathesis_finds_no_server_error_on_any_endpoint(team, live_server, transactional_db, tmp_path):

@@ -142,6 +142,12 @@ def test_polygon_and_flood_fill_clear_zoom_sizes_and_sixty_undos(team, live_serv
     page.keyboard.press("Enter")
     assert bit(page, 150, 150) == 1 and bit(page, 250, 150) == 0
     assert abs(pixels() - 1600 - 100 * 100) < 400
+    for corner in ((250, 30), (300, 30)):  # a triangle closed by a double click
+        page.mouse.click(*screen_point(page, *corner))
+    page.mouse.dblclick(*screen_point(page, 275, 80))
+    assert bit(page, 275, 45) == 1 and bit(page, 255, 75) == 0
+    page.keyboard.press("Control+z")
+    assert bit(page, 275, 45) == 0
 
     page.keyboard.press("f")
     page.mouse.click(*screen_point(page, 150, 150))  # on a painted region: removes that blob
@@ -182,6 +188,23 @@ def test_polygon_and_flood_fill_clear_zoom_sizes_and_sixty_undos(team, live_serv
         page.keyboard.press("Control+z")
     assert pixels() == before, "sixty steps undone"
     assert page.evaluate("window.maskEditor.undoStack.length") == 2  # the polygon and the blob removed
+    page.close()
+
+
+def test_a_drawing_undone_past_the_history_still_counts_as_unsaved(team, live_server, browser, transactional_db):
+    image = annotated_image(team.project, "scan.png", picture=SCAN, box=MODEL_BOX)
+    page = logged_in_page(browser, live_server, "radiologist")
+    page.goto(f"{live_server.url}/review/images/{image.pk}/")
+    editor_ready(page, 40 * 40)
+    assert not page.evaluate("window.maskEditor.dirty")
+    # 101 strokes: the oldest falls out of the 100-step history, so undoing all the rest cannot reach version 1.
+    page.evaluate("""() => {
+        const editor = window.maskEditor;
+        for (let i = 0; i < 101; i++) { editor.strokeStart({x: 100 + 2 * i, y: 250}); editor.strokeEnd(); }
+        for (let i = 0; i < 100; i++) editor.undo();
+    }""")
+    assert page.evaluate("window.maskEditor.undoStack.length") == 0 and bit(page, 100, 250) == 1
+    assert page.evaluate("window.maskEditor.dirty"), "the first stroke is still there and unsaved"
     page.close()
 
 

@@ -248,3 +248,21 @@ def test_the_dataset_zip_imports_into_a_new_project_with_the_same_masks_and_labe
             reference = np.asarray(PILImage.open(f))
         assert set(np.unique(reference)) <= {0, 255}
         assert np.array_equal(reference > 0, mask_array(source.approved_mask))
+
+
+def test_a_dicom_upload_exports_as_the_png_it_became_and_imports_again(team, tmp_path):
+    from annotator import export
+    from tests.conftest import dicom_bytes, zip_of
+
+    ingest.upload_ingest(team.project, ingest.zip_entries(zip_of({"scan.dcm": dicom_bytes(
+        np.arange(64, dtype=np.uint16).reshape(8, 8) * 100)})), "dicom.zip")
+    path = tmp_path / "dataset.zip"
+    with path.open("wb") as target:
+        export.dataset_zip_write(team.project, export.export_options_parse({"status": "pending"}, team.project),
+                                 target)
+    assert "images/scan.png" in zipfile.ZipFile(path).namelist()
+
+    copy = Project.objects.create(name="Copy", classes=["normal", "lesion"], healthy_class="normal")
+    job = ingest.upload_ingest(copy, ingest.zip_entries(path), "dataset.zip")
+    assert (job.imported, job.errors) == (1, [])
+    assert copy.images.get().sha256 == team.project.images.get().sha256

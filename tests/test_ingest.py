@@ -350,6 +350,8 @@ def test_unusable_dicom_files_are_rejected_by_name(team, settings):
         "huge.dcm": dicom_bytes(np.zeros((20, 20), dtype=np.uint16)),
         "truncated.dcm": dicom_bytes(np.zeros((8, 8), dtype=np.uint16))[:-40],
         "colour-map.dcm": dicom_bytes(CT_PIXELS, photometric="PALETTE COLOR"),
+        # pydicom refuses to write a slope of "abc", so it is put into the written bytes
+        "bad-slope.dcm": dicom_bytes(CT_PIXELS, RescaleSlope="9.9").replace(b"9.9 ", b"abc "),
         "ok.dcm": dicom_bytes(CT_PIXELS),
     }
     job = upload(team, zip_of(files)).json()
@@ -359,4 +361,5 @@ def test_unusable_dicom_files_are_rejected_by_name(team, settings):
     assert "possible decompression bomb" in reasons["huge.dcm"]
     assert "corrupt or truncated pixel data" in reasons["truncated.dcm"]
     assert "PALETTE COLOR is not supported" in reasons["colour-map.dcm"]
+    assert "unusable DICOM attributes" in reasons["bad-slope.dcm"]
     assert job["imported"] == 1

@@ -71,3 +71,17 @@ def test_unfinished_jobs_are_sent_again(team, django_capture_on_commit_callbacks
     with django_capture_on_commit_callbacks() as callbacks:
         assert services.jobs_requeue_unfinished() == 1
     assert len(callbacks) == 1 and Job.objects.get(pk=queued.pk).status == "queued"
+
+
+def test_a_radiologist_who_drew_before_the_ensemble_ran_keeps_the_latest_version(team, tiny_ensemble):
+    import numpy as np
+
+    job = uploaded_job(team, count=2)
+    drawn_on, untouched = job.images.order_by("id")
+    mask = np.zeros((drawn_on.height, drawn_on.width), dtype=bool)
+    mask[:5, :5] = True
+    services.mask_create(drawn_on, mask, Mask.Source.HUMAN, author=team.radiologist)
+    services.job_annotate(job.pk)
+    assert [(m.version, m.source) for m in drawn_on.masks.all()] == [(1, "human")]
+    assert drawn_on.predictions.count() == 3  # the ensemble's opinion is still there, beside the drawing
+    assert [(m.version, m.source) for m in untouched.masks.all()] == [(1, "model")]

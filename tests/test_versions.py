@@ -2,6 +2,7 @@
 seen, and sending a rejected image back to the queue."""
 import numpy as np
 from django.contrib.messages import get_messages
+from django.core.files.uploadedfile import SimpleUploadedFile
 
 from annotator import selectors
 from annotator.models import Image, Mask
@@ -109,7 +110,7 @@ def test_image_page_links_to_the_versions_and_preselects_the_diagnosis(team):
     drawn_version(image, team.radiologist)
     client = team.client(team.radiologist)
     html = client.get(f"/review/images/{image.pk}/").content.decode()
-    assert f'href="/review/images/{image.pk}/history/">Versions (2)</a>' in html
+    assert f'href="/review/images/{image.pk}/history/">Versions (<span data-version-count>2</span>)</a>' in html
     assert 'id="approve-mask-version" value="2"' in html
     assert '<option value="lesion" selected>' in html and '<option value="normal">' in html
     Image.objects.filter(pk=image.pk).update(reviewed_label="normal")
@@ -219,3 +220,19 @@ def test_a_version_others_build_on_cannot_be_deleted_but_a_whole_project_can(tea
     team.project.delete()
     assert not Project.objects.filter(pk=team.project.pk).exists()
     assert not Mask.objects.filter(pk=drawn.pk).exists() and not Review.objects.exists()
+
+
+def test_a_first_drawing_names_version_zero_so_two_first_saves_cannot_both_win(team):
+    from tests.factories import mask_png
+
+    image = Image.objects.create(project=team.project, sha256="e" * 64, original_name="new.png", width=40, height=30)
+    api = team.api(team.radiologist)
+
+    def save(box):
+        upload = SimpleUploadedFile("mask.png", mask_png(box_mask((40, 30), box)), content_type="image/png")
+        return api.post(f"/api/images/{image.pk}/masks/", {"parent_version": 0, "file": upload}, format="multipart")
+
+    assert save((0, 0, 10, 10)).status_code == 201
+    second = save((20, 20, 30, 30))
+    assert second.status_code == 409 and second.json()["latest_version"] == 1
+    assert list(image.masks.values_list("version", flat=True)) == [1]

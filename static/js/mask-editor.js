@@ -8,6 +8,8 @@
 // redrawn from it only in the rectangle each edit touched, so an edit costs the size of the edit, not of the image.
 
 const HISTORY_LIMIT = 100;
+const HISTORY_BYTES = 256 * 1024 ** 2; // undo entries hold rectangles: on huge images, clears and fills add up
+const UNREACHABLE = {}; // the saved state after the undo history no longer reaches back to it
 const MIN_SIZE = 1;
 const MAX_SIZE = 400;
 const MAX_ZOOM = 32;
@@ -37,6 +39,8 @@ export class MaskEditor {
     this.undoStack = [];
     this.redoStack = [];
     this.savedEntry = null; // the undo entry on top when the mask was last loaded or saved
+    this.historyBytes = 0;
+    this.loaded = false; // no edit and no save until the mask version the page names is on the canvas
     this.tool = "brush";
     this.size = Math.max(4, Math.round(Math.min(this.width, this.height) / 40));
     this.zoom = { scale: 1, x: 0, y: 0 };
@@ -68,8 +72,22 @@ export class MaskEditor {
     return count;
   }
 
+  get editing() {
+    return this.editable && this.loaded;
+  }
+
   async load(src) {
-    if (!src) return this.changed();
+    try {
+      if (src) await this.decode(src);
+      this.loaded = true;
+    } catch (error) {
+      this.editable = false;
+      this.status(`The mask could not be loaded (${error.message}): editing is off, reload the page.`, "error");
+    }
+    this.changed();
+  }
+
+  async decode(src) {
     const picture = new Image();
     picture.src = src;
     await picture.decode();
@@ -81,7 +99,6 @@ export class MaskEditor {
     const data = scratchCtx.getImageData(0, 0, this.width, this.height).data;
     for (let i = 0; i < this.bits.length; i++) this.bits[i] = data[i * 4] > 0 ? 1 : 0;
     this.paint(0, 0, this.width, this.height);
-    this.changed();
   }
 
   // ---- drawing the bits onto the visible canvas ----
@@ -125,9 +142,16 @@ export class MaskEditor {
   record(area, before) {
     const after = this.snapshot(area);
     if (after.every((v, i) => v === before[i])) return;
-    this.undoStack.push({ area, before, after });
-    if (this.undoStack.length > HISTORY_LIMIT) this.undoStack.shift();
+    this.historyBytes -= this.redoStack.reduce((sum, entry) => sum + entry.before.length * 2, 0);
     this.redoStack = [];
+    this.undoStack.push({ area, before, after });
+    this.historyBytes += before.length * 2;
+    while (this.undoStack.length > 1 && (this.undoStack.length > HISTORY_LIMIT || this.historyBytes > HISTORY_BYTES)) {
+      const dropped = this.undoStack.shift();
+      this.historyBytes -= dropped.before.length * 2;
+      // Undo can no longer go back to the saved mask: the drawing stays unsaved until the next save.
+      if (this.savedEntry === null || this.savedEntry === dropped) this.savedEntry = UNREACHABLE;
+    }
     this.changed();
   }
 
@@ -146,6 +170,7 @@ export class MaskEditor {
   }
 
   undo() {
+    if (!this.editing) return;
     const entry = this.undoStack.pop();
     if (!entry) return;
     this.restore(entry.area, entry.before);
@@ -154,6 +179,7 @@ export class MaskEditor {
   }
 
   redo() {
+    if (!this.editing) return;
     const entry = this.redoStack.pop();
     if (!entry) return;
     this.restore(entry.area, entry.after);
@@ -162,6 +188,7 @@ export class MaskEditor {
   }
 
   clear() {
+    if (!this.editing) return;
     const area = { x: 0, y: 0, w: this.width, h: this.height };
     const before = this.snapshot(area);
     this.bits.fill(0);
@@ -340,7 +367,7 @@ export class MaskEditor {
   bindPointer() {
     const viewport = this.viewport;
     viewport.addEventListener("pointerdown", (event) => {
-      const pan = event.button === 1 || (event.button === 0 && (this.spaceHeld || this.tool === "pan" || !this.editable));
+      const pan = event.button === 1 || (event.button === 0 && (this.spaceHeld || this.tool === "pan" || !this.editing));
       if (pan) {
         this.panning = { x: event.clientX - this.zoom.x, y: event.clientY - this.zoom.y };
         viewport.setPointerCapture(event.pointerId);
@@ -356,8 +383,7 @@ export class MaskEditor {
       } else if (this.tool === "fill") {
         this.fill(point.x, point.y);
       } else if (this.tool === "polygon") {
-        if (event.detail === 2) this.polygonClose();
-        else this.polygonAdd(point);
+        this.polygonAdd(point);
       }
       event.preventDefault();
     });
@@ -386,6 +412,9 @@ export class MaskEditor {
       event.preventDefault();
       this.zoomAt(Math.exp(-event.deltaY * 0.0015), event.clientX, event.clientY);
     }, { passive: false });
+    viewport.addEventListener("dblclick", () => {
+      if (this.tool === "polygon") this.polygonClose();
+    });
     viewport.addEventListener("contextmenu", (event) => event.preventDefault());
     viewport.addEventListener("pointerleave", () => { this.cursor.style.display = "none"; });
     viewport.addEventListener("pointerenter", () => this.drawGuides());
@@ -457,7 +486,11 @@ export class MaskEditor {
   // Resolves to the saved version, or null. On a conflict (someone saved on top meanwhile) the drawing stays on
   // screen; `save(latestVersion)` then stores it as the newest version, keeping theirs in the history.
   save(parentVersion = this.version) {
-    if (!this.editable) return Promise.resolve(null);
+    if (!this.editing) return Promise.resolve(null);
+    if (!this.dirty && !this.saving && parentVersion === this.version) {
+      this.status(this.version ? `No change since version ${this.version}` : "Nothing drawn yet", "ok");
+      return Promise.resolve(this.version);
+    }
     if (!this.saving) this.saving = this.upload(parentVersion).finally(() => { this.saving = null; this.changed(); });
     return this.saving;
   }
@@ -467,7 +500,7 @@ export class MaskEditor {
     this.status("Saving…", "busy");
     const form = new FormData();
     form.append("file", await this.toBlob(), "mask.png");
-    if (parentVersion !== null) form.append("parent_version", parentVersion);
+    form.append("parent_version", parentVersion ?? 0); // 0: drawn on no mask at all
     let response;
     try {
       response = await fetch(this.saveUrl, {

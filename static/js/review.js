@@ -157,11 +157,19 @@ window.addEventListener("beforeunload", (event) => {
 
 const approveButton = root.dataset.approveButton && document.getElementById(root.dataset.approveButton);
 const rejectButton = root.dataset.rejectButton && document.getElementById(root.dataset.rejectButton);
+let decided = false; // a decision is on its way: a second A or click must not send another
 approveButton?.form.addEventListener("submit", async (event) => {
-  if (event.submitter !== approveButton || !editor.dirty) return;
-  event.preventDefault();
-  // Saved: approve that version. Not saved: the status line says why, and nothing is approved.
-  if ((await editor.save()) !== null) approveButton.form.requestSubmit(approveButton);
+  if (decided || editor.saving) {
+    event.preventDefault();
+    return;
+  }
+  if (event.submitter === approveButton && editor.dirty) {
+    event.preventDefault();
+    // Saved: approve that version. Not saved: the status line says why, and nothing is approved.
+    if ((await editor.save()) !== null) approveButton.form.requestSubmit(approveButton);
+    return;
+  }
+  decided = true;
 });
 
 document.addEventListener("keydown", (event) => {
