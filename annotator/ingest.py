@@ -295,7 +295,9 @@ def _image_ingest(project, job, entry: IngestEntry, label: str, mask_entries: li
         with transaction.atomic():
             Image.objects.create(
                 project=project, study=(picture and _dicom_study(project, picture)) or _upload_study(job), job=job,
-                sha256=digest, file=stored_name, original_name=name, width=width, height=height, label=label,
+                sha256=digest, file=stored_name, width=width, height=height, label=label,
+                # Some DICOM exports name files after the patient: a DICOM image is named by its content instead.
+                original_name=f"dicom-{digest[:12]}.png" if picture else name,
                 reference_mask=_reference_store(reference) if reference else "",
                 series_uid=picture.series_uid if picture else "",
                 series_description=picture.series_description if picture else "",

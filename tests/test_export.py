@@ -260,7 +260,9 @@ def test_a_dicom_upload_exports_as_the_png_it_became_and_imports_again(team, tmp
     with path.open("wb") as target:
         export.dataset_zip_write(team.project, export.export_options_parse({"status": "pending"}, team.project),
                                  target)
-    assert "images/scan.png" in zipfile.ZipFile(path).namelist()
+    stored = team.project.images.get()
+    assert stored.original_name == f"dicom-{stored.sha256[:12]}.png"  # the upload's file name is not kept
+    assert f"images/{stored.original_name}" in zipfile.ZipFile(path).namelist()
 
     copy = Project.objects.create(name="Copy", classes=["normal", "lesion"], healthy_class="normal")
     job = ingest.upload_ingest(copy, ingest.zip_entries(path), "dataset.zip")

@@ -291,18 +291,21 @@ def test_dicom_pixels_are_rescaled_windowed_and_stored_as_png(team, media_root):
                                     WindowWidth=[200, 100], StudyInstanceUID=study, InstanceNumber=1),
         "ct/mono1": dicom_bytes(CT_PIXELS, photometric="MONOCHROME1", RescaleSlope=2, RescaleIntercept=-100,
                                 WindowCenter=100, WindowWidth=200, StudyInstanceUID=study, InstanceNumber=2),
-        "ct/no-window.dcm": dicom_bytes(np.array([[-20, 20], [140, 180]], dtype=np.int16), StudyInstanceUID=study),
+        "ct/no-window.dcm": dicom_bytes(np.array([[-20, 20], [140, 180]], dtype=np.int16), StudyInstanceUID=study,
+                                        InstanceNumber=3),
         "ct/cine.dcm": dicom_bytes(np.stack([np.full((2, 3), v, np.uint16) for v in (0, 40, 200)]),
-                                   WindowCenter=100, WindowWidth=200, StudyInstanceUID=study),
+                                   WindowCenter=100, WindowWidth=200, StudyInstanceUID=study, InstanceNumber=4),
     }
     job = upload(team, zip_of(files)).json()
     assert (job["imported"], job["errors"]) == (4, [])
-    images = {i.original_name: i for i in Image.objects.all()}
-    assert np.array_equal(stored_pixels(images["mono2.dcm"].file), CT_WINDOWED)
-    assert np.array_equal(stored_pixels(images["mono1"].file), 255 - CT_WINDOWED)
-    assert np.array_equal(stored_pixels(images["no-window.dcm"].file), [[0, 51], [204, 255]])  # min-max
-    assert np.array_equal(stored_pixels(images["cine.dcm"].file), np.full((2, 3), 51))  # the middle frame
-    assert (images["mono2.dcm"].width, images["mono2.dcm"].height) == (3, 2)
+    by_instance = {i.instance_number: i for i in Image.objects.all()}
+    mono2, mono1, no_window, cine = (by_instance[n] for n in (1, 2, 3, 4))
+    assert np.array_equal(stored_pixels(mono2.file), CT_WINDOWED)
+    assert np.array_equal(stored_pixels(mono1.file), 255 - CT_WINDOWED)
+    assert np.array_equal(stored_pixels(no_window.file), [[0, 51], [204, 255]])  # min-max
+    assert np.array_equal(stored_pixels(cine.file), np.full((2, 3), 51))  # the middle frame
+    assert (mono2.width, mono2.height) == (3, 2)
+    images = by_instance
     assert all(i.file.name.endswith(".png") for i in images.values())
     assert not [p for p in media_root.rglob("*") if p.is_file() and not p.name.endswith(".png")]  # no .dcm kept
 
@@ -316,7 +319,7 @@ def test_dicom_studies_are_grouped_and_patients_not_identified(team):
                                InstanceNumber=7, StudyDescription="Breast left", **patient),
         "two.dcm": dicom_bytes(CT_PIXELS + 10, StudyInstanceUID=study, SeriesInstanceUID="1.2.4", InstanceNumber=1,
                                StudyDescription="Breast left", **patient),
-        "three.dcm": dicom_bytes(CT_PIXELS + 20, StudyInstanceUID=other_study, **patient),
+        "Doe_Jane_MRN-424242.dcm": dicom_bytes(CT_PIXELS + 20, StudyInstanceUID=other_study, **patient),
         "plain.png": png_bytes(),
     }
     assert upload(team, zip_of(files)).json()["imported"] == 4
@@ -328,7 +331,8 @@ def test_dicom_studies_are_grouped_and_patients_not_identified(team):
     assert studies[""].name == "upload.zip"  # the plain PNG's: the upload's own study
     expected_key = hmac.new(settings.SECRET_KEY.encode(), b"MRN-424242", hashlib.sha256).hexdigest()[:32]
     assert studies[study].patient_key == studies[other_study].patient_key == expected_key
-    one = Image.objects.get(original_name="one.dcm")
+    one = Image.objects.get(series_uid="1.2.3")
+    assert one.original_name == f"dicom-{one.sha256[:12]}.png"  # upload file names may name the patient
     assert (one.series_uid, one.series_description, one.instance_number) == ("1.2.3", "B-mode", 7)
     api = team.api(team.radiologist)
     detail = api.get(f"/api/images/{one.pk}/")
