@@ -146,7 +146,7 @@ def _stale_response(error):
     return Response({"detail": str(error), "latest_version": error.latest_version}, status=status.HTTP_409_CONFLICT)
 
 
-@extend_schema(request=ApproveRequestSerializer, responses={200: ImageSerializer})
+@extend_schema(request=ApproveRequestSerializer, responses={200: ImageSerializer, 409: STALE})
 class ApproveApi(APIView):
     def post(self, request, pk):
         image = _reviewable_image(request, pk)
@@ -156,8 +156,11 @@ class ApproveApi(APIView):
             mask = image.masks.filter(pk=data["mask"]).first()
             if mask is None:
                 raise ValidationError({"mask": "no such mask of this image"})
-        return _decision_response(request, review_services.image_approve, image, data, mask=mask,
-                                  label=data.get("label", ""))
+        try:
+            return _decision_response(request, review_services.image_approve, image, data, mask=mask,
+                                      label=data.get("label", ""), seen_version=data.get("mask_version"))
+        except services.StaleMaskError as error:
+            return _stale_response(error)
 
 
 @extend_schema(request=DecisionRequestSerializer, responses={200: ImageSerializer})

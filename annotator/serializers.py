@@ -109,6 +109,8 @@ class DecisionRequestSerializer(serializers.Serializer):
 
 class ApproveRequestSerializer(DecisionRequestSerializer):
     mask = serializers.IntegerField(required=False, help_text="id of the mask version to approve; default the latest")
+    mask_version = serializers.IntegerField(required=False, help_text="the latest version the caller has seen: "
+                                            "409 if a newer one was saved since, and nothing is approved")
 
 
 class StaleMaskSerializer(serializers.Serializer):

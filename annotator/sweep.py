@@ -1,4 +1,4 @@
-"""The job sweep: a job the database calls queued or running, but whose message no broker holds any more (Redis
+"""The sweep: a job (or fine-tuning run) the database calls queued or running, but whose message no broker holds any more (Redis
 restarted without persistence, a worker on the filesystem broker killed mid-job, a web process that died between its
 commit and the publish), is sent to the workers again. Celery beat runs it every JOB_SWEEP_SECONDS.
 
@@ -16,27 +16,40 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from annotator.models import Job
+from annotator.models import Job, TrainingRun
 
 log = logging.getLogger(__name__)
 
 
 def jobs_sweep() -> list[int]:
-    """Send again the queued and running jobs older than JOB_SWEEP_GRACE_SECONDS that no broker message holds;
-    their ids."""
+    """Send again the queued and running annotation jobs older than JOB_SWEEP_GRACE_SECONDS that no broker message
+    holds; their ids."""
     from annotator.tasks import job_annotate_task
 
-    # The broker first: a job that finishes in between is then read as done, not as unfinished and lost.
-    held = broker_task_args(job_annotate_task.name)
+    return _unheld_resend(Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]), job_annotate_task,
+                          "jobs")
+
+
+def training_runs_sweep() -> list[int]:
+    """The same for fine-tuning runs: a run found running again restarts cleanly (see training.py)."""
+    from annotator.tasks import training_run_task
+
+    unfinished = TrainingRun.objects.filter(status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING])
+    return _unheld_resend(unfinished, training_run_task, "fine-tuning runs")
+
+
+def _unheld_resend(unfinished, task, what: str) -> list[int]:
+    # The broker first: a row that finishes in between is then read as done, not as unfinished and lost.
+    held = broker_task_args(task.name)
     if held is None:
         return []
     cutoff = timezone.now() - timedelta(seconds=settings.JOB_SWEEP_GRACE_SECONDS)
-    unfinished = Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING], created_at__lt=cutoff)
-    lost = [job_id for job_id in unfinished.order_by("id").values_list("id", flat=True) if job_id not in held]
-    for job_id in lost:
-        transaction.on_commit(lambda job_id=job_id: job_annotate_task.delay(job_id))
+    lost = [pk for pk in unfinished.filter(created_at__lt=cutoff).order_by("id").values_list("id", flat=True)
+            if pk not in held]
+    for pk in lost:
+        transaction.on_commit(lambda pk=pk: task.delay(pk))
     if lost:
-        log.warning("job sweep: no broker message holds jobs %s; sent them again", lost)
+        log.warning("sweep: no broker message holds %s %s; sent them again", what, lost)
     return lost
 
 

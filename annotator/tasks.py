@@ -12,21 +12,27 @@ def job_annotate_task(self, job_id: int) -> None:
     except services.EnsembleMismatch as error:
         services.job_fail(job_id, str(error))
     except Exception as error:
-        if isinstance(error, (OperationalError, InterfaceError)):
-            # The database went away and Django's connection with it: drop it, so that marking the job failed and
-            # the retry connect afresh instead of failing on the dead connection.
-            connection.close()
-        if self.request.retries >= self.max_retries:
-            services.job_fail(job_id, f"{type(error).__name__}: {error}")
-            raise
-        raise self.retry(exc=error, countdown=5 * 2**self.request.retries)
+        _retry_or_fail(self, error, lambda reason: services.job_fail(job_id, reason))
+
+
+def _retry_or_fail(task, error: Exception, fail) -> None:
+    """Retry with backoff; once retries run out, record the failure with `fail(reason)` and raise."""
+    if isinstance(error, (OperationalError, InterfaceError)):
+        # The database went away and Django's connection with it: drop it, so that recording the failure and the
+        # retry connect afresh instead of failing on the dead connection.
+        connection.close()
+    if task.request.retries >= task.max_retries:
+        fail(f"{type(error).__name__}: {error}")
+        raise error
+    raise task.retry(exc=error, countdown=5 * 2**task.request.retries)
 
 
 @shared_task
 def jobs_sweep_task() -> None:
-    """Send again the jobs whose broker message was lost; Celery beat runs it every JOB_SWEEP_SECONDS, so the next
-    run is the retry."""
+    """Send again the jobs and fine-tuning runs whose broker message was lost; Celery beat runs it every
+    JOB_SWEEP_SECONDS, so the next run is the retry."""
     sweep.jobs_sweep()
+    sweep.training_runs_sweep()
 
 
 @shared_task(bind=True, max_retries=3)
@@ -40,10 +46,7 @@ def training_run_task(self, run_id: int) -> None:
     except training.TrainingError as error:
         training.training_run_fail(run_id, str(error))
     except Exception as error:
-        if self.request.retries >= self.max_retries:
-            training.training_run_fail(run_id, f"{type(error).__name__}: {error}")
-            raise
-        raise self.retry(exc=error, countdown=5 * 2**self.request.retries)
+        _retry_or_fail(self, error, lambda reason: training.training_run_fail(run_id, reason))
 
 
 @shared_task(bind=True, max_retries=3)

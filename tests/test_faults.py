@@ -415,3 +415,30 @@ def test_the_sweep_looks_into_the_demo_s_folder_broker_too(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                             env={**env, "DJANGO_SETTINGS_MODULE": "config.settings", "VAR_DIR": str(tmp_path)})
     assert result.stdout.strip() == "[7, 8]", result.stderr
+
+
+def test_the_sweep_sends_lost_fine_tuning_runs_again_too(team, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotator.models import TrainingRun
+    from annotator.sweep import training_runs_sweep
+    from annotator.tasks import training_run_task
+    from config.celery import app
+
+    assert app.conf.broker_url.startswith("redis://"), "the sweep test reads a Redis broker: use `make test`"
+    broker = Redis.from_url(app.conf.broker_url)
+    broker.flushdb()
+    old = timezone.now() - timedelta(hours=1)
+    lost, held = (TrainingRun.objects.create(project=team.project, status=status) for status in ("queued", "running"))
+    TrainingRun.objects.filter(pk__in=[lost.pk, held.pk]).update(created_at=old)
+    TrainingRun.objects.create(project=team.project, status="done")
+    TrainingRun.objects.filter(status="done").update(created_at=old)
+    try:
+        training_run_task.delay(held.pk)  # its message waits in the queue: not lost
+        with django_capture_on_commit_callbacks() as callbacks:
+            assert training_runs_sweep() == [lost.pk]
+        assert len(callbacks) == 1
+    finally:
+        broker.flushdb()

@@ -236,3 +236,15 @@ def test_a_first_drawing_names_version_zero_so_two_first_saves_cannot_both_win(t
     second = save((20, 20, 30, 30))
     assert second.status_code == 409 and second.json()["latest_version"] == 1
     assert list(image.masks.values_list("version", flat=True)) == [1]
+
+
+def test_an_api_approval_names_the_version_it_saw_and_gets_409_when_a_newer_one_came(team):
+    image = annotated_image(team.project)
+    drawn_version(image, team.admin)
+    api = team.api(team.radiologist)
+    stale = api.post(f"/api/images/{image.pk}/approve/", {"mask_version": 1})
+    assert stale.status_code == 409 and stale.json()["latest_version"] == 2
+    image.refresh_from_db()
+    assert image.review_status == "pending" and not Review.objects.exists()
+    assert api.post(f"/api/images/{image.pk}/approve/", {"mask_version": 2}).json()["approved_mask"] == \
+        image.masks.get(version=2).pk
