@@ -1,6 +1,6 @@
-"""The sweep: a job (or fine-tuning run) the database calls queued or running, but whose message no broker holds any more (Redis
-restarted without persistence, a worker on the filesystem broker killed mid-job, a web process that died between its
-commit and the publish), is sent to the workers again. Celery beat runs it every JOB_SWEEP_SECONDS.
+"""The sweep: a job (or fine-tuning run) the database calls queued or running, but whose message no broker holds
+any more (Redis restarted without persistence, a worker on the filesystem broker killed mid-job, a web process that
+died between its commit and the publish), is sent to the workers again. Celery beat runs it every JOB_SWEEP_SECONDS.
 
 The broker and the database are not read in one atomic step, so now and then a job is sent twice (e.g. a worker took
 its message from the queue a moment before and has not yet recorded it as unacknowledged). That is harmless:
