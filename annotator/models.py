@@ -66,6 +66,8 @@ class Job(models.Model):
         DONE = "done"
         FAILED = "failed"
 
+    UNFINISHED = (Status.QUEUED, Status.RUNNING)  # a worker still has to do (or finish) it
+
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="jobs")
     study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -239,6 +241,8 @@ class TrainingRun(models.Model):
         DONE = "done"
         FAILED = "failed"
         CANCELLED = "cancelled"
+
+    UNFINISHED = (Status.QUEUED, Status.RUNNING)
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_runs")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
+from annotator.enqueue import JOB_ANNOTATE, TRAINING_RUN, task_send
 from annotator.models import Job, TrainingRun
 
 log = logging.getLogger(__name__)
@@ -24,30 +24,25 @@ log = logging.getLogger(__name__)
 def jobs_sweep() -> list[int]:
     """Send again the queued and running annotation jobs older than JOB_SWEEP_GRACE_SECONDS that no broker message
     holds; their ids."""
-    from annotator.tasks import job_annotate_task
-
-    return _unheld_resend(Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]), job_annotate_task,
-                          "jobs")
+    return _unheld_resend(Job.objects.filter(status__in=Job.UNFINISHED), JOB_ANNOTATE, "jobs")
 
 
 def training_runs_sweep() -> list[int]:
-    """The same for fine-tuning runs: a run found running again restarts cleanly (see training.py)."""
-    from annotator.tasks import training_run_task
-
-    unfinished = TrainingRun.objects.filter(status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING])
-    return _unheld_resend(unfinished, training_run_task, "fine-tuning runs")
+    """The same for fine-tuning runs: a run found running again restarts cleanly (see finetune/services.py)."""
+    unfinished = TrainingRun.objects.filter(status__in=TrainingRun.UNFINISHED)
+    return _unheld_resend(unfinished, TRAINING_RUN, "fine-tuning runs")
 
 
-def _unheld_resend(unfinished, task, what: str) -> list[int]:
+def _unheld_resend(unfinished, task_name: str, what: str) -> list[int]:
     # The broker first: a row that finishes in between is then read as done, not as unfinished and lost.
-    held = broker_task_args(task.name)
+    held = broker_task_args(task_name)
     if held is None:
         return []
     cutoff = timezone.now() - timedelta(seconds=settings.JOB_SWEEP_GRACE_SECONDS)
     lost = [pk for pk in unfinished.filter(created_at__lt=cutoff).order_by("id").values_list("id", flat=True)
             if pk not in held]
     for pk in lost:
-        transaction.on_commit(lambda pk=pk: task.delay(pk))
+        task_send(task_name, pk)
     if lost:
         log.warning("sweep: no broker message holds %s %s; sent them again", what, lost)
     return lost

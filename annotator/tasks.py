@@ -1,18 +1,23 @@
+"""Celery tasks: each takes an id, calls one service and retries with backoff. They are sent by annotator.enqueue,
+by name: keep the names, queued messages carry them."""
 from celery import shared_task
 from django.db import InterfaceError, OperationalError, connection
 
-from annotator import services, sweep, training
+from annotator import sweep
+from annotator.annotation import services as annotation
+from annotator.enqueue import training_run_enqueue_later
+from annotator.finetune import services as finetune
 
 
 @shared_task(bind=True, max_retries=3)
 def job_annotate_task(self, job_id: int) -> None:
     """Run the ensemble over an upload's images; retried with backoff, marked failed when retries run out."""
     try:
-        services.job_annotate(job_id)
-    except services.EnsembleMismatch as error:
-        services.job_fail(job_id, str(error))
+        annotation.job_annotate(job_id)
+    except annotation.EnsembleMismatch as error:
+        annotation.job_fail(job_id, str(error))
     except Exception as error:
-        _retry_or_fail(self, error, lambda reason: services.job_fail(job_id, reason))
+        _retry_or_fail(self, error, lambda reason: annotation.job_fail(job_id, reason))
 
 
 def _retry_or_fail(task, error: Exception, fail) -> None:
@@ -39,20 +44,20 @@ def jobs_sweep_task() -> None:
 def training_run_task(self, run_id: int) -> None:
     """Fine-tune a project's ensemble; retried with backoff, marked failed when retries run out or cannot help."""
     try:
-        training.training_run_execute(run_id)
-    except training.RunBusy:
+        finetune.training_run_execute(run_id)
+    except finetune.RunBusy:
         # Another worker beats on it; look again once it would count as silent, by then finished or gone.
-        training_run_task.apply_async(args=[run_id], countdown=training.HEARTBEAT_STALE.total_seconds())
-    except training.TrainingError as error:
-        training.training_run_fail(run_id, str(error))
+        training_run_enqueue_later(run_id, finetune.HEARTBEAT_STALE.total_seconds())
+    except finetune.TrainingError as error:
+        finetune.training_run_fail(run_id, str(error))
     except Exception as error:
-        _retry_or_fail(self, error, lambda reason: training.training_run_fail(run_id, reason))
+        _retry_or_fail(self, error, lambda reason: finetune.training_run_fail(run_id, reason))
 
 
 @shared_task(bind=True, max_retries=3)
 def project_reannotate_task(self, project_id: int) -> None:
     """Annotate a project's pending images again with the version it uses now; idempotent, retried with backoff."""
     try:
-        services.project_reannotate(project_id)
+        annotation.project_reannotate(project_id)
     except Exception as error:
         raise self.retry(exc=error, countdown=5 * 2**self.request.retries)

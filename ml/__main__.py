@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ml import bench
-from ml import evaluate
 from ml.config import DEFAULT_ARCHITECTURES
 
 TASKS = {
@@ -62,7 +60,7 @@ def _weights_pairs(pairs: list[str]):
 
 def _split(args) -> None:
     """A held-out test split that no training run sees, with near-duplicates kept on one side."""
-    from ml.train import TrainConfig, image_dhash, near_duplicate_groups, split_grouped_stratified
+    from ml.split import DUPLICATE_DISTANCE, image_dhash, near_duplicate_groups, split_grouped_stratified
 
     with args.data.open() as f:
         rows = list(csv.DictReader(f))
@@ -72,7 +70,7 @@ def _split(args) -> None:
         if row.get("mask_path"):
             row["mask_path"] = str(root / row["mask_path"])
     hashes = [image_dhash(Image.open(row["filename"])) for row in rows]
-    groups = near_duplicate_groups(hashes, TrainConfig.duplicate_distance)
+    groups = near_duplicate_groups(hashes, DUPLICATE_DISTANCE)
     train, test = split_grouped_stratified([row["label"] for row in rows], groups, args.test_fraction, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, indices in (("train.csv", train), ("test.csv", test)):
@@ -123,6 +121,46 @@ def _annotation_write(stem: Path, path: Path, picture, result) -> None:
           f"{' FLAGGED: ' + result.flag_reason if result.flagged else ''}")
 
 
+# bench and evaluate import torch: their parsers live here, their modules load only when the command runs.
+
+
+def _bench(args) -> None:
+    from ml.bench import bench_command
+
+    bench_command(args)
+
+
+def _bench_register(commands) -> None:
+    bench = commands.add_parser("bench", help="time annotate() against a naive baseline and the floor")
+    bench.add_argument("--batch-size", type=int, default=8)
+    bench.add_argument("--input-size", type=int, help="default: the checkpoint's, else 224")
+    bench.add_argument("--samples", type=int, default=20, help="T, the MC-Dropout passes")
+    bench.add_argument("--images", type=int, default=16)
+    bench.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
+    bench.add_argument("--model", type=Path, help="a trained ensemble (default: random weights, default panel)")
+    bench.set_defaults(run=_bench)
+
+
+def _evaluate(args) -> None:
+    from ml.evaluate import evaluate_command
+
+    evaluate_command(args)
+
+
+def _evaluate_register(commands) -> None:
+    parser = commands.add_parser("evaluate", help="accuracy, calibration, flags and mask overlap on labelled data")
+    parser.add_argument("--model", type=Path, required=True, help="ensemble checkpoint folder")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="manifest CSV: filename,label[,mask_path], paths relative to its folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json, metrics.md and plots")
+    parser.add_argument("--masks", type=Path, help="ground-truth masks by the image's file name, where no mask_path")
+    parser.add_argument("--boxes", type=Path, help="boxes CSV (filename,box_class,x1,y1,x2,y2): pointing, box IoU")
+    parser.add_argument("--limit", type=int, help="evaluate this many rows, spread evenly over the manifest")
+    parser.add_argument("--samples", type=int, help="MC-Dropout passes (default: the manifest's)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.set_defaults(run=_evaluate)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ml")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -155,8 +193,8 @@ def main(argv=None) -> None:
     annotate.add_argument("--samples", type=int, help="MC-Dropout passes (default: the manifest's)")
     annotate.add_argument("images", type=Path, nargs="+")
     annotate.set_defaults(run=_annotate)
-    bench.register(commands)
-    evaluate.register(commands)
+    _bench_register(commands)
+    _evaluate_register(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.run(args)

@@ -22,18 +22,8 @@ from ml.ensemble import Ensemble, annotate, ensemble_build, load_ensemble
 from ml.models import model_target_layer
 
 
-def register(commands) -> None:
-    bench = commands.add_parser("bench", help="time annotate() against a naive baseline and the floor")
-    bench.add_argument("--batch-size", type=int, default=8)
-    bench.add_argument("--input-size", type=int, help="default: the checkpoint's, else 224")
-    bench.add_argument("--samples", type=int, default=20, help="T, the MC-Dropout passes")
-    bench.add_argument("--images", type=int, default=16)
-    bench.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
-    bench.add_argument("--model", type=Path, help="a trained ensemble (default: random weights, default panel)")
-    bench.set_defaults(run=_bench)
-
-
-def _bench(args) -> None:
+def bench_command(args) -> None:
+    """`python -m ml bench`, its flags parsed by ml.__main__."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     ensemble = _ensemble(args.model, args.input_size, device)
     config = dataclasses.replace(ensemble.manifest.annotate, mc_samples=args.samples)

@@ -7,26 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import XGradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from ml.models import model_classifier, model_target_layer
 
 EPSILON = 1e-7  # pytorch-grad-cam's, both in the XGrad-CAM weights and in its min-max scaling
-
-
-class XGradCamExplainer:
-    """Heatmaps of one model toward a chosen class per image, each min-max scaled into [0, 1]."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __call__(self, images: torch.Tensor, target_classes: list[int]) -> np.ndarray:
-        targets = [ClassifierOutputTarget(c) for c in target_classes]
-        # The context removes the activation and gradient hooks again, so the model is left as it was found.
-        with XGradCAM(model=self.model, target_layers=[model_target_layer(self.model)]) as cam:
-            return cam(input_tensor=images, targets=targets).astype(np.float32)
 
 
 @dataclass
@@ -49,7 +34,7 @@ class CamForward:
 class BatchedXGradCam:
     """XGrad-CAM of one model for a whole batch: one forward pass and one backward pass through the head only.
 
-    Agrees with pytorch-grad-cam's `XGradCAM` (see `XGradCamExplainer`), post-processing included, and leaves the
+    Agrees with pytorch-grad-cam's `XGradCAM` (tests/test_cam.py checks it), post-processing included, and leaves the
     model without hooks and without parameter gradients.
     """
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from ml.config import AnnotateConfig
 from ml.consensus import consensus_mask, heatmap_binarize
-from ml.evaluate import mask_iou
+from ml.metrics import mask_iou
 
 FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.05, 1.0, 0.05))

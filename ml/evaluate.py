@@ -1,7 +1,7 @@
 """`python -m ml evaluate`: the paper's table on a labelled data set with ground-truth masks or boxes.
 
 Classification (accuracy, balanced accuracy, AUROC of disease vs healthy, ECE), the review flags, and how well each
-model's binarised CAM and the consensus mask overlap the ground truth.
+model's binarised CAM and the consensus mask overlap the ground truth. The scores themselves are in ml.metrics.
 """
 from __future__ import annotations
 
@@ -16,84 +16,22 @@ from PIL import Image
 from tqdm import tqdm
 
 from ml.ensemble import annotate, load_ensemble
+from ml.metrics import (
+    ECE_BINS,
+    accuracy,
+    auroc,
+    balanced_accuracy,
+    boxes_mask,
+    expected_calibration_error,
+    mask_dice,
+    mask_iou,
+    mean_or_none,
+    pointing_hit,
+    reliability_bins,
+)
 
-ECE_BINS = 15
 OVERLAY_COUNT = 16
 ENSEMBLE = "ensemble"
-
-
-# --- Metrics ------------------------------------------------------------------------------------------------------
-
-
-def accuracy(truth, predicted) -> float:
-    return float(np.mean(np.asarray(truth) == np.asarray(predicted)))
-
-
-def balanced_accuracy(truth, predicted) -> float:
-    """Mean recall over the classes present in `truth`."""
-    truth, predicted = np.asarray(truth), np.asarray(predicted)
-    return float(np.mean([np.mean(predicted[truth == c] == c) for c in np.unique(truth)]))
-
-
-def auroc(positive, scores) -> float | None:
-    """The chance that a random positive scores above a random negative, ties counting half; None without both."""
-    positive, scores = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float)
-    negatives = np.sort(scores[~positive])
-    positives = scores[positive]
-    if len(positives) == 0 or len(negatives) == 0:
-        return None
-    below = np.searchsorted(negatives, positives, side="left")
-    below_or_tied = np.searchsorted(negatives, positives, side="right")
-    return float((below + below_or_tied).sum() / 2 / (len(positives) * len(negatives)))
-
-
-def reliability_bins(confidence, correct, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per equal-width bin (lo, hi] of confidence: mean confidence, accuracy (both nan when empty) and count."""
-    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
-    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    with np.errstate(invalid="ignore"):
-        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
-        bin_accuracy = np.bincount(index, weights=correct, minlength=bins) / counts
-    return mean_confidence, bin_accuracy, counts
-
-
-def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> float:
-    mean_confidence, bin_accuracy, counts = reliability_bins(confidence, correct, bins)
-    filled = counts > 0
-    gaps = np.abs(bin_accuracy[filled] - mean_confidence[filled])
-    return float(np.sum(counts[filled] * gaps) / counts.sum())
-
-
-def mask_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """Intersection over union of two boolean masks; two empty masks agree perfectly."""
-    union = np.logical_or(predicted, truth).sum()
-    return 1.0 if union == 0 else float(np.logical_and(predicted, truth).sum() / union)
-
-
-def mask_dice(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """Dice coefficient of two boolean masks; two empty masks agree perfectly."""
-    total = predicted.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(predicted, truth).sum() / total)
-
-
-def pointing_hit(heatmap: np.ndarray, region: np.ndarray) -> bool:
-    """Whether the heatmap's peak (its first maximal pixel) lies inside the boolean region."""
-    return bool(region.flat[int(np.argmax(heatmap))])
-
-
-def boxes_mask(boxes: list[tuple[float, float, float, float]], shape: tuple[int, int]) -> np.ndarray:
-    """The boxes (x1, y1, x2, y2 in pixels) filled; a pixel belongs to a box when its centre does."""
-    rows = np.arange(shape[0])[:, None] + 0.5
-    cols = np.arange(shape[1])[None, :] + 0.5
-    mask = np.zeros(shape, dtype=bool)
-    for x1, y1, x2, y2 in boxes:
-        mask |= (cols >= x1) & (cols <= x2) & (rows >= y1) & (rows <= y2)
-    return mask
-
-
-def mean_or_none(values) -> float | None:
-    return float(np.mean(values)) if len(values) else None
 
 
 # --- Scoring annotations ------------------------------------------------------------------------------------------
@@ -430,7 +368,8 @@ def evaluation_write(evaluation: Evaluation, out: Path, model: Path, data: Path)
 # --- Command line -------------------------------------------------------------------------------------------------
 
 
-def _command(args) -> None:
+def evaluate_command(args) -> None:
+    """`python -m ml evaluate`, its flags parsed by ml.__main__."""
     ensemble = load_ensemble(args.model)
     config = ensemble.manifest.annotate
     if args.samples:
@@ -442,18 +381,3 @@ def _command(args) -> None:
     except UnknownLabelError as error:
         raise SystemExit(f"error: {error}")
     print(evaluation_write(evaluation, args.out, args.model, args.data))
-
-
-def register(commands) -> None:
-    """Add `evaluate` to the argparse subcommands of `python -m ml`."""
-    parser = commands.add_parser("evaluate", help="accuracy, calibration, flags and mask overlap on labelled data")
-    parser.add_argument("--model", type=Path, required=True, help="ensemble checkpoint folder")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="manifest CSV: filename,label[,mask_path], paths relative to its folder")
-    parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json, metrics.md and plots")
-    parser.add_argument("--masks", type=Path, help="ground-truth masks by the image's file name, where no mask_path")
-    parser.add_argument("--boxes", type=Path, help="boxes CSV (filename,box_class,x1,y1,x2,y2): pointing, box IoU")
-    parser.add_argument("--limit", type=int, help="evaluate this many rows, spread evenly over the manifest")
-    parser.add_argument("--samples", type=int, help="MC-Dropout passes (default: the manifest's)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.set_defaults(run=_command)

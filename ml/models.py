@@ -87,11 +87,5 @@ def model_target_layer(model: nn.Module) -> nn.Module:
     raise ValueError(f"no known CAM target layer for {type(model).__name__}")
 
 
-def model_pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Pooled features just before the head's dropout, computed once in eval mode."""
-    features = model.forward_features(images)
-    return model.forward_head(features, pre_logits=True)
-
-
 def model_classifier(model: nn.Module) -> nn.Module:
     return model.get_classifier()

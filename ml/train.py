@@ -21,6 +21,7 @@ from ml.data import image_to_rgb, images_to_tensor
 from ml.defaults import binarize_fraction_choose, uncertainty_threshold_choose
 from ml.ensemble import Ensemble, annotate, ensemble_build, save_ensemble
 from ml.models import imagenet_weights_resolve, model_classifier
+from ml.split import DUPLICATE_DISTANCE, image_dhash, near_duplicate_groups, split_grouped_stratified
 from ml.uncertainty import mc_dropout_probs
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     patience: int = 6  # epochs without a better validation loss before stopping
     val_fraction: float = 0.2
-    # Images whose 256-bit difference hashes differ in at most this many bits stay on one side of the split. On BUSI,
-    # pairs at 27 bits were the same scan with and without calipers; the count of grouped images levels off near 30.
-    duplicate_distance: int = 30
+    duplicate_distance: int = DUPLICATE_DISTANCE
     variance_weight: float = 0.0  # λ of the paper's optional term: CE + λ · variance of the MC-Dropout passes
     variance_samples: int = 4  # dropout passes per image for that term
     target_accuracy: float = 0.9  # unflagged validation images must be right this often; sets the flag threshold
@@ -50,54 +49,6 @@ class TrainConfig:
     weights_files: tuple[tuple[str, str], ...] = ()  # (architecture, local ImageNet weights file)
     weights_dtype: str = "float32"
     annotate: AnnotateConfig = AnnotateConfig()
-
-
-def image_dhash(image: Image.Image, side: int = 16) -> np.ndarray:
-    """A 256-bit difference hash: re-exports of one scan, with or without caliper marks, differ in few bits."""
-    small = np.asarray(image.convert("L").resize((side + 1, side), Image.BILINEAR), dtype=np.float32)
-    return (small[:, 1:] > small[:, :-1]).flatten()
-
-
-def near_duplicate_groups(hashes: list[np.ndarray], max_distance: int) -> list[int]:
-    """A group id per image; images within `max_distance` bits of each other, directly or through others, share it."""
-    bits = np.stack(hashes)
-    parent = list(range(len(hashes)))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i in range(len(hashes)):
-        distances = (bits[i + 1:] != bits[i]).sum(axis=1)
-        for j in np.flatnonzero(distances <= max_distance) + i + 1:
-            parent[root(int(j))] = root(i)
-    return [root(i) for i in range(len(hashes))]
-
-
-def split_grouped_stratified(labels: list[int], groups: list[int], val_fraction: float,
-                             seed: int) -> tuple[list[int], list[int]]:
-    """Train/validation indices keeping each class's share, with every near-duplicate group on one side only."""
-    rng = random.Random(seed)
-    members: dict[int, list[int]] = {}
-    for index, group in enumerate(groups):
-        members.setdefault(group, []).append(index)
-    train, val = [], []
-    for label in sorted(set(labels)):
-        # A group is filed under the label of most of its images.
-        class_groups = [g for g, idx in members.items()
-                        if max(set(labels[i] for i in idx), key=[labels[i] for i in idx].count) == label]
-        rng.shuffle(class_groups)
-        quota = max(1, round(sum(len(members[g]) for g in class_groups) * val_fraction))
-        taken = 0
-        for group in class_groups:
-            if taken < quota:
-                val += members[group]
-                taken += len(members[group])
-            else:
-                train += members[group]
-    return sorted(train), sorted(val)
 
 
 def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, out: Path,

@@ -6,10 +6,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from annotator import selectors
+from annotator import access
+from annotator.finetune.services import training_run_autostart
+from annotator.masks.services import mask_latest_lock
 from annotator.models import Image, Mask
-from annotator.services import mask_latest_lock
-from annotator.training import training_run_autostart
+from review import selectors
 from review.models import Review
 
 CLAIM_CANDIDATES = 20  # queue heads tried before giving up: each try fails only when another reviewer won it
@@ -28,7 +29,7 @@ def image_claim_next(reviewer, project=None, skip: int | None = None) -> Image |
     """
     now = timezone.now()
     Image.objects.filter(claimed_by=reviewer).update(claimed_by=None, claim_expires_at=None)
-    queue = selectors.review_queue(reviewer, project).filter(project__in=selectors.projects_reviewable(reviewer))
+    queue = selectors.review_queue(reviewer, project).filter(project__in=access.projects_reviewable(reviewer))
     if skip is not None:
         queue = queue.exclude(pk=skip)
     candidates = selectors.claimable(queue, reviewer, now)

@@ -1,14 +1,18 @@
 """The radiologist's pages: the queue and one image with the ensemble's evidence."""
 from django.contrib import messages
-from django.core.exceptions import BadRequest, PermissionDenied
+from django.core.exceptions import BadRequest
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from annotator import selectors
-from annotator import services as annotator_services
-from review import services
+from annotator import access
+from annotator.masks.selectors import mask_latest, mask_versions
+from annotator.masks.services import StaleMaskError, mask_restore
+from annotator.models import Mask
+from annotator.png import MaskError
+from annotator.projects.selectors import projects_listed
+from review import selectors, services
 
 
 QUEUE_PAGE_ROWS = 50
@@ -17,7 +21,7 @@ QUEUE_PAGE_ROWS = 50
 def queue(request):
     project = None
     if request.GET.get("project"):
-        project = selectors.project_get(request.user, request.GET["project"])
+        project = access.project_get(request.user, request.GET["project"])
     images, counts = selectors.review_listing(
         request.user, timezone.now(), project, status=request.GET.get("status", ""),
         label=request.GET.get("label", ""), uncertainty_min=_number(request.GET.get("min")),
@@ -30,7 +34,7 @@ def queue(request):
         "counts": counts,
         "status_counts": [(name, name.replace("_", " "), counts[name]) for name in selectors.QUEUE_STATUSES],
         "project": project,
-        "projects": selectors.projects_listed(request.user),
+        "projects": projects_listed(request.user),
         "filters": request.GET,
     })
 
@@ -52,7 +56,7 @@ def take_next(request):
     """Claim the next image nobody else holds and open it (a POST: claiming changes state)."""
     project = None
     if request.GET.get("project"):
-        project = selectors.project_get(request.user, request.GET["project"])
+        project = access.project_get(request.user, request.GET["project"])
     skip = request.GET.get("skip")
     image = services.image_claim_next(request.user, project, skip=int(skip) if _is_number(skip) else None)
     if image is None:
@@ -62,40 +66,27 @@ def take_next(request):
 
 
 def image_review(request, pk):
-    image = selectors.image_get(request.user, pk)
-    # The evidence of the version whose verdict the image shows: after fine-tuning a pending image has several.
-    predictions = list(image.predictions.filter(model_version=image.model_version))
-    classes = image.project.classes
-    for prediction in predictions:
-        prediction.rows = [{"name": name, "probability": p, "std": s}
-                           for name, p, s in zip(classes, prediction.probabilities, prediction.std)]
+    image = access.image_get(request.user, pk)
     return render(request, "review/image.html", {
         "image": image,
-        "predictions": predictions,
-        "mask": selectors.mask_latest(image),
+        "predictions": selectors.image_predictions(image),
+        "mask": mask_latest(image),
         "mask_count": image.masks.count(),
-        "model_mask": image.masks.filter(source="model").order_by("-version").first(),
-        "can_review": selectors.user_can_review(request.user, image.project),
+        "model_mask": mask_latest(image, source=Mask.Source.MODEL),
+        "can_review": access.user_can_review(request.user, image.project),
         "diagnosis": image.reviewed_label or image.predicted_label,
         "reviews": image.reviews.select_related("reviewer", "mask")[:10],
     })
 
 
 def image_history(request, pk):
-    image = selectors.image_get(request.user, pk)
+    image = access.image_get(request.user, pk)
     return render(request, "review/history.html", {
         "image": image,
-        "masks": selectors.mask_versions(image),
-        "latest": selectors.mask_latest(image),
-        "can_review": selectors.user_can_review(request.user, image.project),
+        "masks": mask_versions(image),
+        "latest": mask_latest(image),
+        "can_review": access.user_can_review(request.user, image.project),
     })
-
-
-def _reviewable_image(request, pk):
-    image = selectors.image_get(request.user, pk)
-    if not selectors.user_can_review(request.user, image.project):
-        raise PermissionDenied
-    return image
 
 
 def _posted_version(request, name):
@@ -109,11 +100,11 @@ def _posted_version(request, name):
 
 
 def _decide(request, pk, decide, verb, **options):
-    image = _reviewable_image(request, pk)
+    image = access.image_for_review(request.user, pk)
     try:
         decide(image, request.user, comment=request.POST.get("comment", ""), label=request.POST.get("label", ""),
                **options)
-    except (services.ReviewError, annotator_services.StaleMaskError) as error:
+    except (services.ReviewError, StaleMaskError) as error:
         messages.error(request, str(error))
         return redirect("review-image", pk=pk)
     messages.success(request, f"{image.original_name} {verb}.")
@@ -135,7 +126,7 @@ def reject(request, pk):
 
 @require_POST
 def requeue(request, pk):
-    image = _reviewable_image(request, pk)
+    image = access.image_for_review(request.user, pk)
     try:
         services.image_requeue(image, request.user, comment=request.POST.get("comment", ""))
     except services.ReviewError as error:
@@ -147,12 +138,11 @@ def requeue(request, pk):
 
 @require_POST
 def restore(request, pk, version):
-    image = _reviewable_image(request, pk)
+    image = access.image_for_review(request.user, pk)
     mask = get_object_or_404(image.masks, version=version)
     try:
-        restored = annotator_services.mask_restore(image, mask, request.user,
-                                                   _posted_version(request, "parent_version"))
-    except (annotator_services.MaskError, annotator_services.StaleMaskError) as error:
+        restored = mask_restore(image, mask, request.user, _posted_version(request, "parent_version"))
+    except (MaskError, StaleMaskError) as error:
         messages.error(request, str(error))
     else:
         messages.success(request, f"Version {mask.version} restored as version {restored.version}.")

@@ -64,6 +64,18 @@ def team(db):
     return team
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from threads, and on a busy CPU OpenMP threads waiting on each other made the
+    engine's tests six times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def real_images(count_per_label: int) -> list[tuple[Path, str]]:
     """Real BUSI images with their lesion/normal label: the shared data set when present, else the demo's copy."""
     if SHARED_BUSI.is_dir():

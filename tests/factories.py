@@ -5,9 +5,11 @@ import numpy as np
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from annotator.models import Image, Mask, Prediction
-from annotator.services import _png, mask_create
 from PIL import Image as PILImage
+
+from annotator.masks.services import mask_create
+from annotator.models import Image, Mask, Prediction
+from annotator.png import png_encode
 
 
 def annotated_image(project, name="scan.png", size=(40, 30), uncertainty=0.3, flagged=False, box=(5, 5, 20, 15),
@@ -18,7 +20,7 @@ def annotated_image(project, name="scan.png", size=(40, 30), uncertainty=0.3, fl
         data = picture.read_bytes()
         size = PILImage.open(picture).size
     else:
-        data = _png(PILImage.new("L", size, 90)).read()
+        data = png_encode(PILImage.new("L", size, 90))
     width, height = size
     digest = hashlib.sha256(data + name.encode()).hexdigest()
     image = Image(project=project, sha256=digest, original_name=name, width=width, height=height,
@@ -30,7 +32,7 @@ def annotated_image(project, name="scan.png", size=(40, 30), uncertainty=0.3, fl
         prediction = Prediction(image=image, architecture=arch, model_version="test@0", label="lesion", agrees=True,
                                 probabilities=[0.2, 0.8], std=[0.05, 0.05], entropy=0.7, mutual_information=0.01,
                                 cam_class="lesion")
-        prediction.heatmap.save(f"{image.pk}-{arch}.png", _png(heatmap_on(size, box)), save=False)
+        prediction.heatmap.save(f"{image.pk}-{arch}.png", ContentFile(png_encode(heatmap_on(size, box))), save=False)
         prediction.save()
     mask_create(image, box_mask(size, box), Mask.Source.MODEL, model_version="test@0")
     return image
@@ -55,4 +57,4 @@ def box_mask(size, box):
 
 
 def mask_png(mask) -> bytes:
-    return _png(PILImage.fromarray(mask.astype(np.uint8) * 255)).read()
+    return png_encode(mask.astype(bool))

@@ -3,7 +3,7 @@ import pytest
 from django.core.files.base import ContentFile
 
 from annotator.models import Mask, TrainingRun
-from annotator.services import mask_create
+from annotator.masks.services import mask_create
 from tests.factories import annotated_image, box_mask, mask_png
 
 

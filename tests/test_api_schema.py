@@ -18,12 +18,16 @@ def api_routes():
     """Every /api/ route as the schema writes it: `<int:pk>` becomes `{id}` (drf-spectacular's name for a pk)."""
     import re
 
-    routes = set()
-    for pattern in get_resolver().url_patterns:
-        route = str(pattern.pattern)
-        if route.startswith("api/") and route not in UNDOCUMENTED:
-            routes.add("/" + re.sub(r"<int:(\w+)>", lambda m: "{id}" if m[1] == "pk" else "{" + m[1] + "}", route))
-    return routes
+    def walk(patterns, prefix=""):  # each app's urls.py is included from config/urls.py
+        for pattern in patterns:
+            route = prefix + str(pattern.pattern)
+            if hasattr(pattern, "url_patterns"):
+                yield from walk(pattern.url_patterns, route)
+            else:
+                yield route
+
+    return {"/" + re.sub(r"<int:(\w+)>", lambda m: "{id}" if m[1] == "pk" else "{" + m[1] + "}", route)
+            for route in walk(get_resolver().url_patterns) if route.startswith("api/") and route not in UNDOCUMENTED}
 
 
 def test_the_schema_documents_every_api_endpoint(team):

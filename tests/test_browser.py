@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from annotator.models import Image, Mask
-from annotator.services import mask_array
+from annotator.masks.services import mask_array
 from tests.conftest import DEMO_BUSI, PASSWORD, ROOT
 from tests.factories import annotated_image, box_mask, mask_png
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ml.cam import BatchedXGradCam, XGradCamExplainer
+from ml.cam import BatchedXGradCam
 from ml.config import AnnotateConfig, EnsembleManifest
 from ml.data import images_to_tensor
 from ml.ensemble import _resize_map, annotate, ensemble_build
-from ml.models import model_classifier, model_pooled_features, model_target_layer
+from ml.models import model_classifier, model_target_layer
 from ml.uncertainty import mc_dropout_probs
+from tests.ml_reference import XGradCamExplainer, model_pooled_features
 
 PANEL = ["resnet50", "efficientnet_b0", "densenet121"]
 CLASSES = ["normal", "benign", "malignant"]
@@ -19,13 +20,7 @@ CONFIG = AnnotateConfig(mc_samples=5, dropout=0.3)
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """As in test_ml.py: tiny tensors gain nothing from threads on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,12 @@ def test_dashboard_plots_status_flagged_share_throughput_and_model_versions(team
 
     response = team.client(team.radiologist).get(f"/projects/{team.project.pk}/dashboard/")
     assert response.status_code == 200
-    assert response.context["status"] == {"not annotated": 1, "waiting": 3, "in review": 0, "approved": 2,
+    assert response.context["status"] == {"not annotated": 1, "pending": 3, "in review": 0, "approved": 2,
                                           "rejected": 1}
     plots = figures(response)
     assert len(plots) == 5 and all(plots.values()), plots.keys()
     status_bars = re.findall(r"<rect [^>]*><title>(.*?)</title>", plots["Images by status"])
-    assert status_bars == ["not annotated · images: 1", "waiting · images: 3", "in review · images: 0",
+    assert status_bars == ["not annotated · images: 1", "pending · images: 3", "in review · images: 0",
                            "approved · images: 2", "rejected · images: 1"]
     days = re.findall(r"<circle [^>]*><title>(.*?)</title>", plots["Share flagged for review, by day annotated"])
     assert len(days) == 2 and days[-1].endswith("flagged: 60%")  # today 3 of 5 flagged; two days ago 0 of 1

@@ -1,146 +1,25 @@
-"""`python -m ml evaluate`: its metrics against hand-computed and scikit-learn values, and one run on demo images."""
+"""`python -m ml evaluate`: labels, rows and the summary table, one run on demo images, and a CLI that starts light."""
 from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
 
 from ml.__main__ import main
 from ml.config import EnsembleManifest
-from ml.evaluate import (
-    ENSEMBLE,
-    ImageScore,
-    UnknownLabelError,
-    accuracy,
-    auroc,
-    balanced_accuracy,
-    boxes_mask,
-    expected_calibration_error,
-    label_classes,
-    mask_dice,
-    mask_iou,
-    metrics_summarize,
-    pointing_hit,
-    reliability_bins,
-    rows_read,
-)
+from ml.evaluate import ENSEMBLE, ImageScore, UnknownLabelError, label_classes, metrics_summarize, rows_read
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_BUSI = ROOT / "demo" / "busi"
 DEMO_ENSEMBLE = ROOT / "demo" / "ensemble"
 MANIFEST = EnsembleManifest(architectures=["a", "b"], classes=["normal", "lesion"], healthy_class="normal",
                             label_map={"benign": "lesion", "malignant": "lesion"})
-
-
-# --- Classification -----------------------------------------------------------------------------------------------
-
-
-def test_accuracy_and_balanced_accuracy_by_hand():
-    truth = [0, 0, 0, 0, 1, 1]
-    predicted = [0, 0, 0, 0, 0, 1]
-
-    assert accuracy(truth, predicted) == pytest.approx(5 / 6)
-    assert balanced_accuracy(truth, predicted) == pytest.approx((1.0 + 0.5) / 2)
-
-
-def test_auroc_counts_ties_as_half_by_hand():
-    # Pairs (positive, negative): 0.9>0.5, 0.9>0.4, 0.4<0.5, 0.4=0.4 -> (1 + 1 + 0 + 0.5) / 4
-    assert auroc([True, True, False, False], [0.9, 0.4, 0.5, 0.4]) == pytest.approx(0.625)
-
-
-def test_auroc_matches_sklearn_with_ties():
-    rng = np.random.default_rng(0)
-    positive = rng.random(200) < 0.3
-    scores = np.round(rng.random(200) * 0.5 + positive * 0.3, 1)  # coarse rounding makes many ties
-
-    assert auroc(positive, scores) == pytest.approx(roc_auc_score(positive, scores))
-
-
-def test_auroc_is_undefined_without_both_groups():
-    assert auroc([True, True], [0.2, 0.8]) is None
-    assert auroc([False, False], [0.2, 0.8]) is None
-
-
-def test_ece_on_a_known_case():
-    confidence = [0.55, 0.55, 0.95, 0.95]
-    correct = [False, False, True, True]
-
-    # bin (0.533, 0.6]: accuracy 0 at confidence 0.55; bin (0.933, 1]: accuracy 1 at 0.95; each holds half
-    assert expected_calibration_error(confidence, correct) == pytest.approx((0.55 + 0.05) / 2)
-
-
-def test_ece_uses_fifteen_equal_width_bins():
-    # 0.62 and 0.68 share a bin of ten (ECE 0.15) but not of fifteen: (0.6, 0.667] and (0.667, 0.733]
-    confidence, correct = [0.62, 0.68], [True, False]
-
-    assert expected_calibration_error(confidence, correct) == pytest.approx((0.38 + 0.68) / 2)
-    assert expected_calibration_error(confidence, correct, bins=10) == pytest.approx(0.15)
-
-
-def test_ece_is_zero_when_confidence_matches_accuracy():
-    assert expected_calibration_error([0.75] * 4, [True, True, True, False]) == pytest.approx(0.0)
-
-
-def test_reliability_bins_are_closed_on_the_right_and_keep_certainty_in_the_last_bin():
-    mean_confidence, bin_accuracy, counts = reliability_bins([1 / 15 - 1e-9, 1.0, 1.0, 0.0], [True, True, False, True])
-
-    assert counts.tolist() == [2] + [0] * 13 + [2]
-    assert bin_accuracy[-1] == pytest.approx(0.5)
-    assert mean_confidence[-1] == pytest.approx(1.0)
-    assert np.isnan(bin_accuracy[1:-1]).all()
-
-
-# --- Masks and pointing -------------------------------------------------------------------------------------------
-
-
-def test_iou_and_dice_by_hand():
-    predicted = np.zeros((4, 4), dtype=bool)
-    truth = np.zeros((4, 4), dtype=bool)
-    predicted[0, :3] = True  # 3 pixels
-    truth[0, 1:] = True  # 3 pixels, 2 shared
-
-    assert mask_iou(predicted, truth) == pytest.approx(2 / 4)
-    assert mask_dice(predicted, truth) == pytest.approx(2 * 2 / 6)
-
-
-def test_iou_and_dice_match_sklearn_on_random_masks():
-    rng = np.random.default_rng(1)
-    predicted, truth = rng.random((32, 32)) < 0.3, rng.random((32, 32)) < 0.4
-
-    assert mask_iou(predicted, truth) == pytest.approx(jaccard_score(truth.ravel(), predicted.ravel()))
-    assert mask_dice(predicted, truth) == pytest.approx(f1_score(truth.ravel(), predicted.ravel()))
-
-
-def test_iou_and_dice_of_empty_masks():
-    empty, some = np.zeros((3, 3), dtype=bool), np.eye(3, dtype=bool)
-
-    assert mask_iou(empty, empty) == mask_dice(empty, empty) == 1.0
-    assert mask_iou(empty, some) == mask_dice(empty, some) == 0.0
-    assert mask_iou(some, empty) == mask_dice(some, empty) == 0.0
-
-
-def test_boxes_mask_fills_the_pixels_whose_centre_lies_in_a_box():
-    # The second box lies between the centres 4.5 and 5.5 of its row, so it covers no pixel.
-    mask = boxes_mask([(1.0, 0.0, 3.0, 2.0), (4.6, 3.4, 5.4, 3.6)], (5, 6))
-
-    expected = np.zeros((5, 6), dtype=bool)
-    expected[0:2, 1:3] = True  # x centres 1.5, 2.5 lie in [1, 3]; y centres 0.5, 1.5 in [0, 2]
-    assert (mask == expected).all()
-
-
-def test_pointing_hits_only_when_the_peak_lies_inside_the_region():
-    region = boxes_mask([(2.0, 2.0, 4.0, 4.0)], (8, 8))
-    heatmap = np.zeros((8, 8), dtype=np.float32)
-    heatmap[3, 3] = 1.0
-    assert pointing_hit(heatmap, region)
-
-    heatmap[6, 6] = 2.0
-    assert not pointing_hit(heatmap, region)
 
 
 # --- Labels, rows and aggregation ---------------------------------------------------------------------------------
@@ -259,3 +138,26 @@ def test_evaluate_command_names_labels_that_map_to_no_class(tmp_path):
 
     with pytest.raises(SystemExit, match="'tb'"):
         main(["evaluate", "--model", str(DEMO_ENSEMBLE), "--data", str(manifest), "--out", str(tmp_path / "out")])
+
+
+# --- Starting light -----------------------------------------------------------------------------------------------
+
+
+def test_the_command_line_imports_no_torch_until_a_command_needs_it():
+    check = "import ml.__main__, sys; assert 'torch' not in sys.modules, 'torch imported'"
+
+    subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True)
+
+
+def test_split_command_runs_without_torch(tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("filename,label\n" + "".join(
+        f"{DEMO_BUSI / 'images' / row['filename']},{row['label']}\n" for row in _demo_rows(per_class=3)))
+    check = ("import sys; from ml.__main__ import main; main(sys.argv[1:]); "
+             "assert 'torch' not in sys.modules, 'torch imported'")
+
+    subprocess.run([sys.executable, "-c", check, "split", "--data", str(manifest), "--out", str(tmp_path / "out")],
+                   cwd=ROOT, check=True)
+
+    train, test = ((tmp_path / "out" / name).read_text().splitlines()[1:] for name in ("train.csv", "test.csv"))
+    assert len(train) + len(test) == 6 and test

@@ -9,9 +9,10 @@ import pytest
 from PIL import Image as PILImage
 from pycocotools.coco import COCO
 
-from annotator import ingest
 from annotator.models import Image, Mask, Project
-from annotator.services import mask_array, mask_create
+from annotator.ingest.archive import zip_entries
+from annotator.ingest.services import upload_ingest
+from annotator.masks.services import mask_array, mask_create
 from review import services as review_services
 from tests.factories import annotated_image
 
@@ -234,7 +235,7 @@ def test_the_dataset_zip_imports_into_a_new_project_with_the_same_masks_and_labe
     exported = json.loads(zipfile.ZipFile(path).read("index.json"))["images"]
 
     copy = Project.objects.create(name="Copy", classes=["normal", "lesion"], healthy_class="normal")
-    job = ingest.upload_ingest(copy, ingest.zip_entries(path), "dataset.zip")
+    job = upload_ingest(copy, zip_entries(path), "dataset.zip")
     assert job.imported == len(sources)
     assert job.errors == []  # index.json is recognised as our own and skipped
     imported = {image.original_name: image for image in copy.images.all()}
@@ -251,20 +252,20 @@ def test_the_dataset_zip_imports_into_a_new_project_with_the_same_masks_and_labe
 
 
 def test_a_dicom_upload_exports_as_the_png_it_became_and_imports_again(team, tmp_path):
-    from annotator import export
+    from annotator.export.dataset_zip import dataset_zip_write
+    from annotator.export.options import export_options_parse
     from tests.conftest import dicom_bytes, zip_of
 
-    ingest.upload_ingest(team.project, ingest.zip_entries(zip_of({"scan.dcm": dicom_bytes(
+    upload_ingest(team.project, zip_entries(zip_of({"scan.dcm": dicom_bytes(
         np.arange(64, dtype=np.uint16).reshape(8, 8) * 100)})), "dicom.zip")
     path = tmp_path / "dataset.zip"
     with path.open("wb") as target:
-        export.dataset_zip_write(team.project, export.export_options_parse({"status": "pending"}, team.project),
-                                 target)
+        dataset_zip_write(team.project, export_options_parse({"status": "pending"}, team.project), target)
     stored = team.project.images.get()
     assert stored.original_name == f"dicom-{stored.sha256[:12]}.png"  # the upload's file name is not kept
     assert f"images/{stored.original_name}" in zipfile.ZipFile(path).namelist()
 
     copy = Project.objects.create(name="Copy", classes=["normal", "lesion"], healthy_class="normal")
-    job = ingest.upload_ingest(copy, ingest.zip_entries(path), "dataset.zip")
+    job = upload_ingest(copy, zip_entries(path), "dataset.zip")
     assert (job.imported, job.errors) == (1, [])
     assert copy.images.get().sha256 == team.project.images.get().sha256

@@ -29,7 +29,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from annotator.models import Image, Job, Mask, Prediction
-from annotator.services import mask_array
+from annotator.masks.services import mask_array
 from annotator.tasks import job_annotate_task
 from tests.conftest import png_bytes
 from tests.factories import annotated_image, box_mask, mask_png

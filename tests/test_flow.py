@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from pycocotools.coco import COCO
 
 from annotator.models import Image, Job, Mask, Prediction
-from annotator.services import mask_array
+from annotator.masks.services import mask_array
 from tests.conftest import PASSWORD, real_images, zip_of
 from tests.factories import box_mask, mask_png
 

@@ -13,7 +13,8 @@ from django.core.files.uploadedfile import TemporaryUploadedFile
 from PIL import Image as PILImage
 from pydicom.uid import JPEGLSLossless, generate_uid
 
-from annotator import ingest
+from annotator.ingest import services as ingest_services
+from annotator.ingest.archive import zip_entries
 from annotator.models import Image, Job, Mask, Study
 from tests.conftest import dicom_bytes, png_bytes, real_images, zip_of
 from tests.factories import box_mask, mask_png
@@ -184,7 +185,7 @@ def test_a_large_upload_is_spooled_to_disk_and_read_in_pieces(team, settings, mo
     archive = zip_of(files)
     total = len(archive.getvalue())
     read_sizes = []
-    real_zip_entries = ingest.zip_entries
+    real_zip_entries = zip_entries
 
     class ReadSpy:
         def __init__(self, file):
@@ -202,7 +203,7 @@ def test_a_large_upload_is_spooled_to_disk_and_read_in_pieces(team, settings, mo
         assert isinstance(upload, TemporaryUploadedFile)  # Django spooled it to disk
         return real_zip_entries(ReadSpy(upload.file))
 
-    monkeypatch.setattr(ingest, "zip_entries", spied)
+    monkeypatch.setattr(ingest_services, "zip_entries", spied)
     job = upload(team, archive).json()
     assert (job["imported"], job["errors"]) == (4, [])
     assert max(read_sizes) < total / 3  # member by member, never the whole archive

@@ -1,7 +1,8 @@
 """The annotation job: idempotent, resumable, and clear when the ensemble does not fit the project."""
 import pytest
 
-from annotator import services
+from annotator.annotation import services
+from annotator.masks.services import mask_create
 from annotator.models import Job, Mask, Prediction
 from annotator.tasks import job_annotate_task
 from tests.conftest import png_bytes, zip_of
@@ -29,7 +30,8 @@ def tiny_ensemble(tiny_ensemble_folder, settings):
 
 
 def uploaded_job(team, count=3):
-    from annotator.ingest import upload_ingest, zip_entries
+    from annotator.ingest.archive import zip_entries
+    from annotator.ingest.services import upload_ingest
 
     contents = zip_entries(zip_of({f"{i}.png": png_bytes(value=i * 40) for i in range(count)}))
     return upload_ingest(team.project, contents, "upload.zip", team.admin)
@@ -80,7 +82,7 @@ def test_a_radiologist_who_drew_before_the_ensemble_ran_keeps_the_latest_version
     drawn_on, untouched = job.images.order_by("id")
     mask = np.zeros((drawn_on.height, drawn_on.width), dtype=bool)
     mask[:5, :5] = True
-    services.mask_create(drawn_on, mask, Mask.Source.HUMAN, author=team.radiologist)
+    mask_create(drawn_on, mask, Mask.Source.HUMAN, author=team.radiologist)
     services.job_annotate(job.pk)
     assert [(m.version, m.source) for m in drawn_on.masks.all()] == [(1, "human")]
     assert drawn_on.predictions.count() == 3  # the ensemble's opinion is still there, beside the drawing

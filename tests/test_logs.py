@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from annotator import services
+from annotator.annotation import services
 from annotator.models import Job
 from config.log_format import JsonFormatter
 from tests.conftest import ROOT
@@ -49,16 +49,16 @@ def test_json_lines_hold_the_traceback_of_an_exception():
 
 def test_log_format_json_switches_the_whole_process_to_json_lines(tmp_path):
     code = ("import django, logging; django.setup(); "
-            "logging.getLogger('annotator.services').info('job %s done', 5, extra={'job_id': 5})")
+            "logging.getLogger('annotator.annotation.services').info('job %s done', 5, extra={'job_id': 5})")
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "LOG_FORMAT": "json", "VAR_DIR": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                             check=True)
     line = json.loads(result.stderr.strip().splitlines()[-1])
-    assert (line["message"], line["job_id"], line["logger"]) == ("job 5 done", 5, "annotator.services")
+    assert (line["message"], line["job_id"], line["logger"]) == ("job 5 done", 5, "annotator.annotation.services")
 
 
 def test_the_job_log_line_carries_the_job_id(team, caplog):
     job = Job.objects.create(project=team.project, source_name="empty.zip")  # no images: nothing to run the models on
-    with caplog.at_level(logging.INFO, logger="annotator.services"):
+    with caplog.at_level(logging.INFO, logger="annotator.annotation.services"):
         services.job_annotate(job.pk)
-    assert [record.job_id for record in caplog.records if record.name == "annotator.services"] == [job.pk]
+    assert [record.job_id for record in caplog.records if record.name == "annotator.annotation.services"] == [job.pk]

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ml.cam import XGradCamExplainer
 from ml.config import AnnotateConfig, EnsembleManifest
 from ml.consensus import consensus_mask, heatmap_binarize, review_flag
 from ml.ensemble import annotate, ensemble_build, load_ensemble, save_ensemble
-from ml.models import model_build, model_classifier, model_pooled_features
+from ml.models import model_build, model_classifier
 from ml.uncertainty import entropy, mc_dropout_probs, mutual_information
+from tests.ml_reference import XGradCamExplainer, model_pooled_features
 
 BUSI_BENIGN = Path("/work/shared/data/busi/images/benign")
 PANEL = ["resnet50", "efficientnet_b0", "densenet121"]
@@ -25,14 +25,7 @@ CLASSES = ["normal", "lesion"]
 NORMAL, LESION = 0, 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors gain nothing from threads, and on a busy CPU OpenMP threads waiting on each other made these
-    tests six times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- MC-Dropout -------------------------------------------------------------------------------------------------

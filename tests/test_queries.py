@@ -3,7 +3,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from annotator.models import Mask
-from annotator.services import mask_create
+from annotator.masks.services import mask_create
 from review.services import image_approve, image_claim_next
 from tests.factories import annotated_image, box_mask
 

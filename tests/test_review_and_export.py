@@ -8,7 +8,7 @@ from PIL import Image as PILImage
 from pycocotools.coco import COCO
 
 from annotator.models import Image, Mask
-from annotator.services import mask_array
+from annotator.masks.services import mask_array
 from review.models import Review
 from tests.factories import annotated_image, box_mask, mask_png
 

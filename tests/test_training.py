@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from django.utils import timezone
 from PIL import Image as PILImage
 
-from annotator import services, training
+from annotator.annotation import services
+from annotator.finetune import services as training
+from annotator.masks.services import mask_create
 from annotator.models import Mask, ModelVersion, Prediction, TrainingRun
 from annotator.tasks import project_reannotate_task, training_run_task
 from ml.cam import BatchedXGradCam, _min_max_scale
@@ -30,13 +32,7 @@ PANEL = ["resnet18", "efficientnet_lite0", "densenet121"]
 INPUT_SIZE = 64  # 2x2 feature maps: the smallest size at which a CAM has a "where"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors gain nothing from threads, and on a shared CPU threads waiting on each other slow them down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +74,7 @@ def approved_demo_images(team, per_label=5):
     for row in demo_rows(per_label):
         image = annotated_image(team.project, row["filename"], picture=DEMO_BUSI / "images" / row["filename"])
         if row["label"] == "lesion":
-            drawn = services.mask_create(image, demo_mask(row["filename"]), Mask.Source.HUMAN,
+            drawn = mask_create(image, demo_mask(row["filename"]), Mask.Source.HUMAN,
                                          author=team.radiologist, parent=image.masks.get())
             image_approve(image, team.radiologist, mask=drawn)
         else:
@@ -229,7 +225,7 @@ def test_a_promoted_version_reannotates_pending_images_without_burying_drawings(
     approved_demo_images(team)
     untouched = annotated_image(team.project, "model-mask.png")
     drawn_on = annotated_image(team.project, "drawn-on.png")
-    services.mask_create(drawn_on, box_mask((40, 30), (1, 1, 9, 9)), Mask.Source.HUMAN, author=team.radiologist,
+    mask_create(drawn_on, box_mask((40, 30), (1, 1, 9, 9)), Mask.Source.HUMAN, author=team.radiologist,
                          parent=drawn_on.masks.get())
     rejected = image_reject(annotated_image(team.project, "rejected.png"), team.radiologist)
     monkeypatch.setattr("ml.finetune.promotion_decide", lambda *args: (True, "Promoted: forced by the test."))
@@ -410,7 +406,7 @@ def test_the_models_page_compares_versions_and_offers_rollback_fine_tuning_and_c
     assert "finetune-3 decided" in page and "75.0 %" in page and "70.0 %" in page
     assert page.count("Roll back to this") == 2  # finetune-1 and the default; finetune-2 is in use
     assert f"/projects/{team.project.pk}/models/runs/{run.pk}/cancel/" in page
-    assert f'data-run-url="/api/training-runs/{run.pk}/"' in page and "Fine-tune now" in page
+    assert f'data-poll-url="/api/training-runs/{run.pk}/"' in page and "Fine-tune now" in page
     assert "Models</a>" in team.client(team.admin).get(f"/projects/{team.project.pk}/").content.decode()
 
 

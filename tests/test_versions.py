@@ -4,9 +4,10 @@ import numpy as np
 from django.contrib.messages import get_messages
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from annotator import selectors
 from annotator.models import Image, Mask
-from annotator.services import mask_array, mask_create
+from annotator.masks.selectors import mask_latest
+from annotator.masks.services import mask_array, mask_create
+from review.selectors import review_queue
 from review.models import Review
 from tests.factories import annotated_image, box_mask
 
@@ -55,7 +56,7 @@ def test_restoring_from_the_page_returns_to_the_image_with_a_message(team):
                                                   {"parent_version": 2})
     assert response.status_code == 302 and response.url == f"/review/images/{image.pk}/"
     assert messages_of(response) == [("success", "Version 1 restored as version 3.")]
-    assert selectors.mask_latest(image).restored_from.version == 1
+    assert mask_latest(image).restored_from.version == 1
 
 
 def test_restoring_on_a_stale_version_is_refused_and_stores_nothing(team):
@@ -171,7 +172,7 @@ def test_requeue_puts_a_rejected_image_back_in_the_queue(team):
     image = annotated_image(team.project)
     client = team.client(team.radiologist)
     client.post(f"/review/images/{image.pk}/reject/", {"label": "normal"})
-    assert image not in selectors.review_queue(team.radiologist)
+    assert image not in review_queue(team.radiologist)
     assert "Send back to the queue" in client.get(f"/review/images/{image.pk}/").content.decode()
     assert "Send back to the queue" not in team.client(team.viewer).get(f"/review/images/{image.pk}/").content.decode()
 
@@ -183,7 +184,7 @@ def test_requeue_puts_a_rejected_image_back_in_the_queue(team):
     assert image.reviewed_label == "normal"
     assert list(image.reviews.order_by("id").values_list("decision", "comment")) == [
         ("rejected", ""), ("requeued", "second opinion")]
-    assert list(selectors.review_queue(team.radiologist)) == [image]
+    assert list(review_queue(team.radiologist)) == [image]
     assert [i["id"] for i in team.api(team.radiologist).get("/api/review/queue/").json()["results"]] == [image.pk]
     assert "Send back to the queue" not in client.get(f"/review/images/{image.pk}/").content.decode()
 

@@ -7,10 +7,11 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from annotator.ingest import UploadError, folder_entries, upload_ingest, zip_entries
+from annotator.annotation.services import jobs_requeue_unfinished
+from annotator.finetune.services import training_runs_requeue_unfinished
+from annotator.ingest.archive import UploadError, folder_entries, zip_entries
+from annotator.ingest.services import upload_ingest
 from annotator.models import Membership, Project
-from annotator.services import jobs_requeue_unfinished
-from annotator.training import training_runs_requeue_unfinished
 
 DEMO_SOURCE = settings.BASE_DIR / "demo" / "busi"  # images/ with labels.csv, and masks/ as reference masks
 

@@ -5,7 +5,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from annotator.ingest import UploadError, contents_extend, folder_entries, upload_ingest, zip_entries
+from annotator.ingest.archive import UploadError, contents_extend, folder_entries, zip_entries
+from annotator.ingest.services import upload_ingest
 from annotator.models import Project
 from annotator.serializers import ProjectSerializer
 

@@ -1,0 +1,90 @@
+"""The REST API for reading projects, images and jobs, and the files behind an image page; for scripts (token auth)
+and the browser (session auth) alike."""
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics
+from rest_framework.views import APIView
+
+from annotator import access
+from annotator.models import Mask, Prediction
+from annotator.projects import selectors
+from annotator.serializers import ImageListSerializer, ImageSerializer, JobSerializer, ProjectSerializer
+
+PNG = OpenApiResponse(OpenApiTypes.BINARY, description="a PNG file")
+
+
+class ProjectListApi(generics.ListCreateAPIView):
+    serializer_class = ProjectSerializer
+
+    def get_queryset(self):
+        return selectors.projects_listed(self.request.user)
+
+    def perform_create(self, serializer):
+        access.admin_check(self.request.user, "create projects")
+        serializer.save()
+
+
+class ProjectDetailApi(generics.RetrieveAPIView):
+    serializer_class = ProjectSerializer
+
+    def get_object(self):
+        return access.project_get(self.request.user, self.kwargs["pk"])
+
+
+class JobDetailApi(generics.RetrieveAPIView):
+    serializer_class = JobSerializer
+
+    def get_object(self):
+        return access.job_get(self.request.user, self.kwargs["pk"])
+
+
+class ImageListApi(generics.ListAPIView):
+    serializer_class = ImageListSerializer
+
+    def get_queryset(self):
+        project = access.project_get(self.request.user, self.kwargs["pk"])
+        return project.images.order_by("id")
+
+
+class ImageDetailApi(generics.RetrieveAPIView):
+    serializer_class = ImageSerializer
+
+    def get_object(self):
+        return selectors.image_detail_get(self.request.user, self.kwargs["pk"])
+
+
+@extend_schema(responses={200: OpenApiResponse(OpenApiTypes.BINARY, description="the image file (PNG or JPEG)")})
+class ImageFileApi(APIView):
+    def get(self, request, pk):
+        image = access.image_get(request.user, pk)
+        kind = "png" if image.file.name.endswith(".png") else "jpeg"
+        return FileResponse(image.file.open("rb"), content_type=f"image/{kind}")
+
+
+@extend_schema(responses={200: PNG})
+class HeatmapFileApi(APIView):
+    def get(self, request, pk):
+        prediction = get_object_or_404(Prediction, pk=pk)
+        access.image_check_visible(request.user, prediction.image_id)
+        return FileResponse(prediction.heatmap.open("rb"), content_type="image/png")
+
+
+@extend_schema(responses={200: PNG})
+class MaskFileApi(APIView):
+    def get(self, request, pk):
+        mask = get_object_or_404(Mask, pk=pk)
+        access.image_check_visible(request.user, mask.image_id)
+        return FileResponse(mask.file.open("rb"), content_type="image/png")
+
+
+@extend_schema(responses={200: PNG})
+class ReferenceMaskFileApi(APIView):
+    """The ground-truth mask imported with the image, if any."""
+
+    def get(self, request, pk):
+        image = access.image_get(request.user, pk)
+        if not image.reference_mask:
+            raise Http404
+        return FileResponse(image.reference_mask.open("rb"), content_type="image/png")
