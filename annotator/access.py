@@ -6,15 +6,15 @@ them; a project's radiologists may also edit masks and decide on images, its vie
 PermissionDenied, which DRF answers the same way as the pages do.
 """
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
 from django.shortcuts import get_object_or_404
 
 from annotator.models import Image, Job, Membership, ModelVersion, Project, TrainingRun
 
 
-def visible(user, queryset, project_field: str = "project"):
-    """The rows of `queryset` the user may see: all for admins, else those of the user's projects."""
-    return queryset if user.is_staff else queryset.filter(**{f"{project_field}__members": user})
+def visible(user, queryset):
+    """The rows of `queryset` (of a model with a `project`) the user may see: all for admins, else those of the
+    user's projects."""
+    return queryset if user.is_staff else queryset.filter(project__members=user)
 
 
 def projects_visible(user):
@@ -33,12 +33,6 @@ def image_get(user, pk) -> Image:
     return get_object_or_404(images_visible(user), pk=pk)
 
 
-def image_check_visible(user, image_id: int) -> None:
-    """404 unless the user may see the image, for files reached by their own id (a heatmap, a mask)."""
-    if not images_visible(user).filter(pk=image_id).exists():
-        raise Http404
-
-
 def job_get(user, pk) -> Job:
     return get_object_or_404(visible(user, Job.objects.all()), pk=pk)
 
@@ -52,13 +46,13 @@ def model_version_get(user, pk) -> ModelVersion:
     return get_object_or_404(visible(user, ModelVersion.objects.select_related("project", "parent")), pk=pk)
 
 
-def admin_check(user, doing: str = "do this") -> None:
-    """403 for anyone but an admin."""
+def admin_check(user, doing: str) -> None:
+    """403 for anyone but an admin, saying that only admins may be `doing` this."""
     if not user.is_staff:
         raise PermissionDenied(f"only admins {doing}")
 
 
-def project_for_admin(user, pk, doing: str = "do this") -> Project:
+def project_for_admin(user, pk, doing: str) -> Project:
     """A project only an admin may work on: 404 for outsiders, 403 for its members."""
     project = project_get(user, pk)
     admin_check(user, doing)

@@ -57,15 +57,27 @@ class Study(models.Model):
         return self.name
 
 
-class Job(models.Model):
+# The states of work done in the background by a worker: an upload's annotation job, a fine-tuning run.
+WORK_STATUSES = [("QUEUED", "queued"), ("RUNNING", "running"), ("DONE", "done"), ("FAILED", "failed")]
+
+
+class BackgroundWork(models.Model):
+    """What every kind of background work records: why it failed, and when it was asked for, started and ended."""
+
+    failure = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["-created_at"]
+
+
+class Job(BackgroundWork):
     """One upload and the ensemble run over its images."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
-
+    Status = models.TextChoices("JobStatus", WORK_STATUSES)
     UNFINISHED = (Status.QUEUED, Status.RUNNING)  # a worker still has to do (or finish) it
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="jobs")
@@ -77,13 +89,6 @@ class Job(models.Model):
     duplicates = models.PositiveIntegerField(default=0)
     annotated = models.PositiveIntegerField(default=0)
     errors = models.JSONField(default=list, blank=True, help_text="[{name, reason}] of files that were rejected")
-    failure = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self):
         return f"job {self.pk} ({self.source_name})"
@@ -176,7 +181,8 @@ class Prediction(models.Model):
 
 
 class Mask(models.Model):
-    """A version of an image's mask; versions are only ever added, never overwritten."""
+    """A version of an image's mask; versions are only ever added, never overwritten. The latest version is what the
+    image page shows (annotator.masks.selectors); `parent` is the version a drawing started from."""
 
     class Source(models.TextChoices):
         MODEL = "model"
@@ -232,16 +238,11 @@ class ModelVersion(models.Model):
         return f"{self.project} {self.name}"
 
 
-class TrainingRun(models.Model):
-    """Fine-tuning a project's ensemble on its approved labels and masks, in a worker."""
+class TrainingRun(BackgroundWork):
+    """Fine-tuning a project's ensemble on its approved labels and masks, in a worker; unlike a job, it can be
+    cancelled."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-
+    Status = models.TextChoices("TrainingRunStatus", WORK_STATUSES + [("CANCELLED", "cancelled")])
     UNFINISHED = (Status.QUEUED, Status.RUNNING)
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_runs")
@@ -257,14 +258,7 @@ class TrainingRun(models.Model):
     result = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     images_used = models.PositiveIntegerField(default=0)
     masks_used = models.PositiveIntegerField(default=0)
-    failure = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self):
         return f"training {self.pk} of {self.project} ({self.status})"

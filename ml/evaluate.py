@@ -16,19 +16,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ml.ensemble import annotate, load_ensemble
-from ml.metrics import (
-    ECE_BINS,
-    accuracy,
-    auroc,
-    balanced_accuracy,
-    boxes_mask,
-    expected_calibration_error,
-    mask_dice,
-    mask_iou,
-    mean_or_none,
-    pointing_hit,
-    reliability_bins,
-)
+from ml.metrics import (ECE_BINS, accuracy, auroc, balanced_accuracy, boxes_mask, expected_calibration_error, mask_dice,
+                        mask_iou, mean_or_none, pointing_hit, reliability_bins)
 
 OVERLAY_COUNT = 16
 ENSEMBLE = "ensemble"

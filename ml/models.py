@@ -6,7 +6,6 @@ import socket
 from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
 log = logging.getLogger(__name__)

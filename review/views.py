@@ -10,6 +10,7 @@ from annotator import access
 from annotator.masks.selectors import mask_latest, mask_versions
 from annotator.masks.services import StaleMaskError, mask_restore
 from annotator.models import Mask
+from annotator.pages import action_report
 from annotator.png import MaskError
 from annotator.projects.selectors import projects_listed
 from review import selectors, services
@@ -127,12 +128,8 @@ def reject(request, pk):
 @require_POST
 def requeue(request, pk):
     image = access.image_for_review(request.user, pk)
-    try:
-        services.image_requeue(image, request.user, comment=request.POST.get("comment", ""))
-    except services.ReviewError as error:
-        messages.error(request, str(error))
-    else:
-        messages.success(request, f"{image.original_name} is back in the review queue.")
+    action_report(request, lambda: services.image_requeue(image, request.user, comment=request.POST.get("comment", "")),
+                  (services.ReviewError,), lambda image: f"{image.original_name} is back in the review queue.")
     return redirect("review-image", pk=pk)
 
 
@@ -140,10 +137,7 @@ def requeue(request, pk):
 def restore(request, pk, version):
     image = access.image_for_review(request.user, pk)
     mask = get_object_or_404(image.masks, version=version)
-    try:
-        restored = mask_restore(image, mask, request.user, _posted_version(request, "parent_version"))
-    except (MaskError, StaleMaskError) as error:
-        messages.error(request, str(error))
-    else:
-        messages.success(request, f"Version {mask.version} restored as version {restored.version}.")
+    parent_version = _posted_version(request, "parent_version")
+    action_report(request, lambda: mask_restore(image, mask, request.user, parent_version), (MaskError, StaleMaskError),
+                  lambda restored: f"Version {mask.version} restored as version {restored.version}.")
     return redirect("review-image", pk=pk)

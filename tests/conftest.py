@@ -76,6 +76,31 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def at_once(action, users) -> dict:
+    """`action(user)` for every user at the same moment, each in a thread on a database connection of its own; the
+    results by user."""
+    import threading
+
+    from django.db import connection
+
+    barrier = threading.Barrier(len(users))
+    results = {}
+
+    def act(user):
+        barrier.wait()
+        try:
+            results[user] = action(user)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=act, args=(user,)) for user in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def real_images(count_per_label: int) -> list[tuple[Path, str]]:
     """Real BUSI images with their lesion/normal label: the shared data set when present, else the demo's copy."""
     if SHARED_BUSI.is_dir():

@@ -45,6 +45,12 @@ def urls(team):
     return urls
 
 
+def answers(call, urls, status):
+    """Each of the urls answers `call(url)` with this status."""
+    for url in urls:
+        assert call(url).status_code == status, url
+
+
 def test_anonymous_users_are_sent_to_login_and_the_api_answers_401(team, urls):
     from django.test import Client
     from rest_framework.test import APIClient
@@ -56,10 +62,8 @@ def test_anonymous_users_are_sent_to_login_and_the_api_answers_401(team, urls):
     for url in urls["decisions"]:
         assert client.post(url).status_code == 302
     api = APIClient()
-    for url in urls["api"] + urls["api_admin"] + ["/api/projects/"]:
-        assert api.get(url).status_code == 401, url
-    for url in urls["api_decisions"] + [urls["upload"]]:
-        assert api.post(url).status_code == 401, url
+    answers(api.get, urls["api"] + urls["api_admin"] + ["/api/projects/"], 401)
+    answers(api.post, urls["api_decisions"] + [urls["upload"]], 401)
 
 
 def test_outsiders_see_nothing_of_a_project_they_do_not_belong_to(team, urls):
@@ -67,10 +71,12 @@ def test_outsiders_see_nothing_of_a_project_they_do_not_belong_to(team, urls):
     for url in urls["project_pages"] + urls["decisions"]:
         response = client.post(url) if url in urls["decisions"] else client.get(url)
         assert response.status_code in (403, 404), url
-    for url in urls["api_project"]:
-        assert api.get(url).status_code == 404, url
-    for url in urls["api_decisions"]:
-        assert api.post(url).status_code == 404, url
+    answers(api.get, urls["api_project"], 404)
+    answers(api.post, urls["api_decisions"], 404)
+    # The admins-only pages and endpoints too: one policy, so an outsider never learns that the project exists.
+    answers(client.get, urls["admin_pages"], 404)
+    answers(api.get, urls["api_admin"], 404)
+    answers(api.post, [urls["upload"]], 404)
     assert urls["image"].original_name not in client.get("/review/").content.decode()
     assert [p["name"] for p in api.get("/api/projects/").json()["results"]] == ["Elsewhere"]
     assert api.get("/api/review/queue/").json()["count"] == 0
@@ -78,16 +84,11 @@ def test_outsiders_see_nothing_of_a_project_they_do_not_belong_to(team, urls):
 
 def test_viewers_can_look_but_not_decide_upload_or_export(team, urls):
     client, api = team.client(team.viewer), team.api(team.viewer)
-    for url in urls["pages"]:
-        assert client.get(url).status_code == 200, url
-    for url in urls["api"]:
-        assert api.get(url).status_code == 200, url
-    for url in urls["admin_pages"]:
-        assert client.get(url).status_code == 403, url
-    for url in urls["decisions"]:
-        assert client.post(url).status_code == 403, url
-    for url in urls["api_decisions"]:
-        assert api.post(url).status_code == 403, url
+    answers(client.get, urls["pages"], 200)
+    answers(api.get, urls["api"], 200)
+    answers(client.get, urls["admin_pages"], 403)
+    answers(client.post, urls["decisions"], 403)
+    answers(api.post, urls["api_decisions"], 403)
     assert api.post(urls["upload"]).status_code == 403
     page = client.get(f"/review/images/{urls['image'].pk}/").content.decode()
     assert "You can view this project but not review it" in page
@@ -96,12 +97,9 @@ def test_viewers_can_look_but_not_decide_upload_or_export(team, urls):
 
 def test_radiologists_review_but_do_not_upload_or_export(team, urls):
     client, api = team.client(team.radiologist), team.api(team.radiologist)
-    for url in urls["pages"]:
-        assert client.get(url).status_code == 200, url
-    for url in urls["admin_pages"]:
-        assert client.get(url).status_code == 403, url
-    for url in urls["api_admin"]:
-        assert api.get(url).status_code == 403, url
+    answers(client.get, urls["pages"], 200)
+    answers(client.get, urls["admin_pages"], 403)
+    answers(api.get, urls["api_admin"], 403)
     assert api.post(urls["upload"]).status_code == 403
     assert api.post(urls["api_decisions"][0]).status_code == 200
 
@@ -129,10 +127,8 @@ def test_radiologists_and_admins_restore_versions_and_send_rejected_images_back(
 
 def test_admins_reach_everything_including_the_django_admin(team, urls):
     client, api = team.client(team.admin), team.api(team.admin)
-    for url in urls["pages"] + urls["admin_pages"]:
-        assert client.get(url).status_code == 200, url
-    for url in urls["api"] + urls["api_admin"]:
-        assert api.get(url).status_code == 200, url
+    answers(client.get, urls["pages"] + urls["admin_pages"], 200)
+    answers(api.get, urls["api"] + urls["api_admin"], 200)
     for model in ("project", "membership", "study", "job", "image", "prediction", "mask"):
         assert client.get(f"/admin/annotator/{model}/").status_code == 200, model
     assert client.get("/admin/review/review/").status_code == 200

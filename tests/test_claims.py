@@ -1,5 +1,4 @@
 """Taking the next image: one reviewer per image at a time, claims expire, and the queue filters by status."""
-import threading
 from datetime import timedelta
 
 from django.db import connection
@@ -7,6 +6,7 @@ from django.utils import timezone
 
 from annotator.models import Image, Membership
 from review.services import image_claim_next
+from tests.conftest import at_once
 from tests.factories import annotated_image
 
 
@@ -19,23 +19,9 @@ def second_radiologist(team):
 
 
 def claim_at_once(users, project):
-    """Every user asks for the next image at the same moment, each on a database connection of its own."""
-    barrier = threading.Barrier(len(users))
-    results = {}
-
-    def ask(user):
-        barrier.wait()
-        try:
-            results[user.username] = image_claim_next(user, project)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=ask, args=(user,)) for user in users]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
+    """Every user asks for the next image at the same moment; what each got, by username."""
+    claimed = at_once(lambda user: image_claim_next(user, project), users)
+    return {user.username: image for user, image in claimed.items()}
 
 
 def test_two_reviewers_asking_at_once_never_get_the_same_image(team, transactional_db):

@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from annotator.models import Image, Job, Mask, Prediction
 from annotator.masks.services import mask_array
 from annotator.tasks import job_annotate_task
-from tests.conftest import png_bytes
+from tests.conftest import at_once, png_bytes
 from tests.factories import annotated_image, box_mask, mask_png
 from tests.test_claims import second_radiologist
 from tests.test_jobs import tiny_ensemble_folder  # noqa: F401 (a fixture)
@@ -375,25 +375,13 @@ def test_two_reviewers_saving_the_same_version_at_once_one_wins_and_the_other_is
     drawings = {reviewers[0].pk: box_mask((40, 30), (0, 0, 10, 10)),
                 reviewers[1].pk: box_mask((40, 30), (20, 10, 40, 30))}
     for parent_version in range(1, 6):
-        barrier = threading.Barrier(2)
-        responses = {}
-
         def save(user):
-            client = team.api(user)
-            barrier.wait()
-            try:
-                responses[user.pk] = client.post(
-                    f"/api/images/{image.pk}/masks/",
-                    {"parent_version": parent_version, "file": ContentFile(mask_png(drawings[user.pk]), "m.png")},
-                    format="multipart")
-            finally:
-                connection.close()
+            return team.api(user).post(
+                f"/api/images/{image.pk}/masks/",
+                {"parent_version": parent_version, "file": ContentFile(mask_png(drawings[user.pk]), "m.png")},
+                format="multipart")
 
-        threads = [threading.Thread(target=save, args=(user,)) for user in reviewers]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        responses = {user.pk: response for user, response in at_once(save, reviewers).items()}
         statuses = {user_id: response.status_code for user_id, response in responses.items()}
         assert sorted(statuses.values()) == [201, 409], {k: r.content for k, r in responses.items()}
         winner = next(user_id for user_id, status in statuses.items() if status == 201)

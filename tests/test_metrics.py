@@ -11,17 +11,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, jaccard_score
 
-from ml.metrics import (
-    accuracy,
-    auroc,
-    balanced_accuracy,
-    boxes_mask,
-    expected_calibration_error,
-    mask_dice,
-    mask_iou,
-    pointing_hit,
-    reliability_bins,
-)
+from ml.metrics import (accuracy, auroc, balanced_accuracy, boxes_mask, expected_calibration_error, mask_dice, mask_iou,
+                        pointing_hit, reliability_bins)
 from ml.split import near_duplicate_groups, split_grouped_stratified
 
 CASES = 300

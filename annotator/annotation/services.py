@@ -31,7 +31,7 @@ class EnsembleMismatch(ValueError):
 @lru_cache(maxsize=2)
 def ensemble_load(folder: str):
     """The ensemble and its version name, loaded once per worker process."""
-    from ml import load_ensemble
+    from ml import load_ensemble  # here, not at the top: ml loads torch, which a web process never needs
 
     return load_ensemble(folder, device=settings.ML_DEVICE), folder_version(folder)
 
@@ -87,7 +87,7 @@ def images_annotate(project_id: int, image_ids: list[int], store, after_batch=No
     """Run the project's ensemble over the images in batches and hand each result to `store(image_id, result,
     model_version)`; the version name used last. The version in use is looked up for every batch, so a promotion or
     rollback meanwhile takes effect at once."""
-    from ml import AnnotateConfig, annotate
+    from ml import AnnotateConfig, annotate  # torch, for workers only (see ensemble_load)
 
     model_version = None
     for start in range(0, len(image_ids), settings.ML_BATCH_SIZE):
@@ -127,8 +127,8 @@ def job_fail(job_id: int, reason: str) -> None:
 
 def _check_classes(project, manifest) -> None:
     if list(manifest.classes) != list(project.classes) or manifest.healthy_class != project.healthy_class:
-        raise EnsembleMismatch(f"the ensemble predicts {manifest.classes} (healthy: {manifest.healthy_class}) but project "
-                         f"{project.name!r} uses {project.classes} (healthy: {project.healthy_class})")
+        raise EnsembleMismatch(f"the ensemble predicts {manifest.classes} (healthy: {manifest.healthy_class}) but "
+                               f"project {project.name!r} uses {project.classes} (healthy: {project.healthy_class})")
 
 
 @transaction.atomic

@@ -82,8 +82,9 @@ def export_rows(project: Project, options: ExportOptions) -> Iterator[tuple[tupl
 
 
 def export_file_name(image, used_stems: set[str]) -> str:
-    """The image's own file name with the stored file's extension, unless another exported image has its stem (masks are named by stem) or the
-    import would read the stem as a mask's (`x_mask` belongs to `x`): then the image id is added."""
+    """The image's own file name with the stored file's extension, unless another exported image has its stem (masks
+    are named by stem) or the import would read the stem as a mask's (`x_mask` belongs to `x`): then the image id is
+    added."""
     path = PurePosixPath(PurePosixPath(image.original_name.replace("\\", "/")).name or f"image-{image.id}")
     stem = path.stem
     while stem in used_stems or MASK_NAME.match(stem)["stem"] != stem:

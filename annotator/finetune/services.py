@@ -176,6 +176,7 @@ def _run_claim(run_id: int) -> TrainingRun | None:
 
 
 def _run_train(run: TrainingRun, partial_folder: Path) -> None:
+    # Here, not at the top: ml loads torch, which a web process never needs.
     from ml.finetune import FinetuneCancelled, FinetuneConfig, FinetuneError, finetune, promotion_decide
 
     project = Project.objects.select_related("model_version").get(pk=run.project_id)
@@ -239,7 +240,7 @@ def _version_store(run: TrainingRun, base: ModelVersion | None, result, promote:
 
 def _samples_load(project: Project) -> list:
     """The approved images with their labels, and their approved masks where a disease was outlined."""
-    from ml.finetune import FinetuneSample
+    from ml.finetune import FinetuneSample  # torch, for workers only
 
     disease = set(project.disease_classes)
     samples = []

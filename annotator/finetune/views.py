@@ -7,6 +7,7 @@ from django.views.decorators.http import require_POST
 from annotator import access
 from annotator.annotation.services import folder_version
 from annotator.finetune import selectors, services
+from annotator.pages import action_report
 
 RUNS_SHOWN = 20
 # What the page compares side by side: (label, metrics key, shown as a percentage)
@@ -54,12 +55,8 @@ def finetune_start(request, pk):
 def training_run_cancel(request, pk, run_pk):
     project = _admin_project(request, pk)
     run = get_object_or_404(project.training_runs, pk=run_pk)
-    try:
-        services.training_run_cancel(run)
-    except services.TrainingError as error:
-        messages.error(request, str(error))
-    else:
-        messages.success(request, f"Run {run.pk}: cancel requested.")
+    action_report(request, lambda: services.training_run_cancel(run), (services.TrainingError,),
+                  lambda run: f"Run {run.pk}: cancel requested.")
     return redirect("project-models", pk=pk)
 
 
@@ -68,13 +65,9 @@ def model_version_rollback(request, pk, version_pk=None):
     """Put a promoted version in use again, or with no version the built-in default."""
     project = _admin_project(request, pk)
     version = get_object_or_404(project.model_versions, pk=version_pk) if version_pk is not None else None
-    try:
-        services.model_version_rollback(project, version, request.user)
-    except services.TrainingError as error:
-        messages.error(request, str(error))
-    else:
-        messages.success(request, f"{version.name if version else 'The built-in default'} is in use now; pending "
-                                  f"images are being annotated again with it.")
+    action_report(request, lambda: services.model_version_rollback(project, version, request.user),
+                  (services.TrainingError,), lambda _: f"{version.name if version else 'The built-in default'} is in "
+                                                       "use now; pending images are being annotated again with it.")
     return redirect("project-models", pk=pk)
 
 

@@ -21,6 +21,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder, pixel_array
 
+from annotator.png import png_encode
+
 DICOM_MAGIC = b"DICM"  # after the 128-byte preamble of a DICOM file
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
@@ -77,10 +79,8 @@ def _picture_from(dataset, max_pixels: int) -> DicomPicture:
     except Exception as error:  # pydicom's decoders raise many kinds; any of them means unusable pixel data
         raise DicomError(f"corrupt or truncated pixel data ({type(error).__name__}: {error})") from error
     picture = _grayscale_8bit(pixels, dataset) if photometric in GRAYSCALE else _colour_8bit(pixels)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
     return DicomPicture(
-        png=buffer.getvalue(), width=picture.width, height=picture.height,
+        png=png_encode(picture), width=picture.width, height=picture.height,
         study_uid=_text(dataset, "StudyInstanceUID", 128), study_name=_study_name(dataset),
         modality=_text(dataset, "Modality", 16), patient_key=patient_key_derive(_text(dataset, "PatientID", 64)),
         series_uid=_text(dataset, "SeriesInstanceUID", 128),

@@ -63,20 +63,23 @@ class ImageFileApi(APIView):
         return FileResponse(image.file.open("rb"), content_type=f"image/{kind}")
 
 
-@extend_schema(responses={200: PNG})
-class HeatmapFileApi(APIView):
+class ImagePngApi(APIView):
+    """A PNG that belongs to an image, found by its own id; 404 unless the user may see the image."""
+
+    model, file_field = None, ""
+
+    @extend_schema(responses={200: PNG})
     def get(self, request, pk):
-        prediction = get_object_or_404(Prediction, pk=pk)
-        access.image_check_visible(request.user, prediction.image_id)
-        return FileResponse(prediction.heatmap.open("rb"), content_type="image/png")
+        row = get_object_or_404(self.model.objects.filter(image__in=access.images_visible(request.user)), pk=pk)
+        return FileResponse(getattr(row, self.file_field).open("rb"), content_type="image/png")
 
 
-@extend_schema(responses={200: PNG})
-class MaskFileApi(APIView):
-    def get(self, request, pk):
-        mask = get_object_or_404(Mask, pk=pk)
-        access.image_check_visible(request.user, mask.image_id)
-        return FileResponse(mask.file.open("rb"), content_type="image/png")
+class HeatmapFileApi(ImagePngApi):
+    model, file_field = Prediction, "heatmap"
+
+
+class MaskFileApi(ImagePngApi):
+    model, file_field = Mask, "file"
 
 
 @extend_schema(responses={200: PNG})

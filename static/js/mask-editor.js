@@ -170,20 +170,20 @@ export class MaskEditor {
   }
 
   undo() {
-    if (!this.editing) return;
-    const entry = this.undoStack.pop();
-    if (!entry) return;
-    this.restore(entry.area, entry.before);
-    this.redoStack.push(entry);
-    this.changed();
+    this.historyStep(this.undoStack, this.redoStack, "before");
   }
 
   redo() {
+    this.historyStep(this.redoStack, this.undoStack, "after");
+  }
+
+  // Moves the latest edit of one history stack onto the other, putting its pixels back as they were `side` it.
+  historyStep(from, to, side) {
     if (!this.editing) return;
-    const entry = this.redoStack.pop();
+    const entry = from.pop();
     if (!entry) return;
-    this.restore(entry.area, entry.after);
-    this.undoStack.push(entry);
+    this.restore(entry.area, entry[side]);
+    to.push(entry);
     this.changed();
   }
 
