@@ -102,6 +102,17 @@ def test_benchmarks_live_in_bench_not_in_the_apps():
     assert {p.stem for p in (ROOT / "bench").glob("*.py")} >= {"load", "scale", "editor"}
 
 
+def test_every_task_can_be_sent_by_name_from_a_fresh_web_process():
+    """annotator.enqueue sends tasks by their registered names: a web process that imported nothing else must know
+    them, or an upload would fail to queue its job."""
+    code = ("import os, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup(); "
+            "from celery import current_app; from annotator import enqueue; "
+            "print(all(name in current_app.tasks for name in "
+            "(enqueue.JOB_ANNOTATE, enqueue.TRAINING_RUN, enqueue.PROJECT_REANNOTATE)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "True", result.stderr[-3000:]
+
+
 def test_every_module_imports_in_any_order():
     """All modules in one fresh interpreter, in three orders: a module that only works after another was imported
     fails in one of them."""
