@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotator.models import Image, Mask
+from annotator.models import Image, Job, Mask, TrainingRun
 from annotator.masks.services import mask_array
 from tests.conftest import DEMO_BUSI, PASSWORD, ROOT
 from tests.factories import annotated_image, box_mask, mask_png
@@ -205,6 +205,34 @@ def test_a_drawing_undone_past_the_history_still_counts_as_unsaved(team, live_se
     }""")
     assert page.evaluate("window.maskEditor.undoStack.length") == 0 and bit(page, 100, 250) == 1
     assert page.evaluate("window.maskEditor.dirty"), "the first stroke is still there and unsaved"
+    page.close()
+
+
+def test_job_and_fine_tuning_progress_follow_the_api_and_the_page_reloads_when_they_end(team, live_server, browser,
+                                                                                        transactional_db):
+    job = Job.objects.create(project=team.project, source_name="scans.zip", status=Job.Status.RUNNING, imported=4)
+    run = TrainingRun.objects.create(project=team.project, status=TrainingRun.Status.RUNNING, message="epoch 1")
+    jobs = Job.objects.filter(pk=job.pk)
+    runs = TrainingRun.objects.filter(pk=run.pk)
+    page = logged_in_page(browser, live_server, "admin")
+    for url, row, advance, finish, ended in [
+        (f"/projects/{team.project.pk}/", f"/api/jobs/{job.pk}/", lambda: jobs.update(annotated=2),
+         lambda: jobs.update(annotated=4, status=Job.Status.DONE), ("done", "4 / 4")),
+        (f"/projects/{team.project.pk}/models/", f"/api/training-runs/{run.pk}/",
+         lambda: runs.update(progress=0.5, message="epoch 3"),
+         lambda: runs.update(progress=1.0, status=TrainingRun.Status.FAILED, message="out of memory"),
+         ("failed", "out of memory")),
+    ]:
+        page.goto(f"{live_server.url}{url}")
+        selector = f'tr[data-poll-url="{row}"]'
+        advance()
+        page.wait_for_function(f"document.querySelector('{selector} progress').value === 0.5")
+        assert page.inner_text(f"{selector} [data-field=status]") == "running"
+        with page.expect_navigation():  # the page reloads itself once the work has ended
+            finish()
+        status, shown = ended
+        assert page.inner_text(f"{selector} [data-field=status]") == status
+        assert shown in page.inner_text(selector)
     page.close()
 
 
