@@ -1,4 +1,4 @@
-"""Command line: `python -m ml split | train | annotate | evaluate | bench` (each with --help)."""
+"""Command line: `python -m ml split | train | tune | annotate | evaluate | bench` (each with --help)."""
 from __future__ import annotations
 
 import argparse
@@ -22,15 +22,20 @@ TASKS = {
 }
 
 
+def _excluded_names(exclude: Path | None) -> set[str]:
+    """The file names listed in the `filename` column of the --exclude CSV."""
+    if not exclude:
+        return set()
+    with exclude.open() as f:
+        return {Path(row["filename"]).name for row in csv.DictReader(f)}
+
+
 def _train(args) -> None:
     from ml.train import TrainConfig, ensemble_train, training_table
 
     classes, healthy, mapping = TASKS[args.task]
     root = args.data.parent
-    excluded = set()
-    if args.exclude:
-        with args.exclude.open() as f:
-            excluded = {Path(row["filename"]).name for row in csv.DictReader(f)}
+    excluded = _excluded_names(args.exclude)
     paths, labels, masks = [], [], []
     with args.data.open() as f:
         for row in csv.DictReader(f):
@@ -121,7 +126,7 @@ def _annotation_write(stem: Path, path: Path, picture, result) -> None:
           f"{' FLAGGED: ' + result.flag_reason if result.flagged else ''}")
 
 
-# bench and evaluate import torch: their parsers live here, their modules load only when the command runs.
+# bench, evaluate and tune import torch: their parsers live here, their modules load only when the command runs.
 
 
 def _bench(args) -> None:
@@ -161,6 +166,26 @@ def _evaluate_register(commands) -> None:
     parser.set_defaults(run=_evaluate)
 
 
+def _tune(args) -> None:
+    from ml.tune import tune_command
+
+    args.excluded = _excluded_names(args.exclude)
+    tune_command(args)
+
+
+def _tune_register(commands) -> None:
+    parser = commands.add_parser("tune", help="choose binarisation, consensus rule and refinement on lesion masks")
+    parser.add_argument("--model", type=Path, required=True, help="ensemble checkpoint folder")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="manifest CSV: filename,label[,mask_path]; not the test split")
+    parser.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
+    parser.add_argument("--masks", type=Path, help="ground-truth masks by the image's file name, where no mask_path")
+    parser.add_argument("--limit", type=int, help="this many rows, spread evenly over the manifest")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--write", action="store_true", help="write the choice into the checkpoint's manifest.json")
+    parser.set_defaults(run=_tune)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ml")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +220,7 @@ def main(argv=None) -> None:
     annotate.set_defaults(run=_annotate)
     _bench_register(commands)
     _evaluate_register(commands)
+    _tune_register(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.run(args)

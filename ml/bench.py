@@ -1,4 +1,4 @@
-"""`python -m ml bench`: annotate() against a naive baseline and against the floor of its model passes."""
+"""`python -m ml bench`: annotate() against a naive baseline, against the floor of its model passes, and refined."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,15 +26,20 @@ def bench_command(args) -> None:
     """`python -m ml bench`, its flags parsed by ml.__main__."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     ensemble = _ensemble(args.model, args.input_size, device)
-    config = dataclasses.replace(ensemble.manifest.annotate, mc_samples=args.samples)
+    config = dataclasses.replace(ensemble.manifest.annotate, mc_samples=args.samples, refine="none")
+    refined = dataclasses.replace(config, refine=REFINED_BY)
     images = _random_images(args.images, ensemble.manifest.input_size)
     methods = {  # name: (run over a few images, images to warm it up on)
         "ours": (lambda few: annotate(ensemble, few, config, args.batch_size), args.batch_size),
+        "refined": (lambda few: annotate(ensemble, few, refined, args.batch_size), args.batch_size),
         "floor": (lambda few: _floor(ensemble, few), args.batch_size),
         "naive": (lambda few: _naive(ensemble, few, config), 1),
     }
     seconds, peak_mib = _measure(methods, images, args.batch_size, device)
     _print_table(seconds, peak_mib, args, ensemble.manifest.input_size, device)
+
+
+REFINED_BY = "ultrasound"  # the refinement the demo ensemble's manifest chose
 
 
 def _ensemble(folder: Path | None, input_size: int | None, device: torch.device) -> Ensemble:
@@ -137,14 +142,15 @@ def _full_mc_dropout_probs(model: nn.Module, images: torch.Tensor, samples: int)
 def _print_table(seconds: dict[str, float], peak_mib: dict[str, float], args, input_size: int,
                  device: torch.device) -> None:
     on_gpu = device.type == "cuda"
-    print(f"{'':6} {'images/s':>9} {'seconds':>8}" + (f" {'peak GPU MiB':>12}" if on_gpu else ""))
+    print(f"{'':7} {'images/s':>9} {'seconds':>8}" + (f" {'peak GPU MiB':>12}" if on_gpu else ""))
     for name in seconds:
         memory = f" {peak_mib[name]:12.0f}" if on_gpu else ""
-        print(f"{name:6} {args.images / seconds[name]:9.2f} {seconds[name]:8.2f}{memory}")
+        print(f"{name:7} {args.images / seconds[name]:9.2f} {seconds[name]:8.2f}{memory}")
     if not on_gpu:
-        # One process runs all three in turn, so its peak RSS cannot be split between them.
-        print(f"peak RSS of the process, all three methods: {max(peak_mib.values()):.0f} MiB")
+        # One process runs all the methods in turn, so its peak RSS cannot be split between them.
+        print(f"peak RSS of the process, all four methods: {max(peak_mib.values()):.0f} MiB")
     print(f"ours vs naive: {seconds['naive'] / seconds['ours']:.1f}x faster (goal >= 5x)")
     print(f"ours / floor time: {seconds['ours'] / seconds['floor']:.2f} (goal <= 1.3)")
+    print(f"refined ({REFINED_BY}) / ours time: {seconds['refined'] / seconds['ours']:.2f} (goal <= 1.5)")
     print(f"batch size {args.batch_size}, input {input_size}, T {args.samples}, images {args.images}, "
           f"device {device}, torch threads {torch.get_num_threads()}")

@@ -13,6 +13,7 @@ DEFAULT_ARCHITECTURES = ("resnet50", "efficientnet_lite0", "densenet121")
 
 BINARIZE_METHODS = ("fraction", "otsu", "percentile")
 CONSENSUS_RULES = ("intersection", "union", "majority")
+REFINE_METHODS = ("none", "grabcut", "ultrasound")  # see ml/refine.py
 UNCERTAINTY_MEASURES = ("entropy", "mutual_information")
 
 
@@ -26,6 +27,7 @@ class AnnotateConfig:
     binarize_fraction: float = 0.5  # "fraction": a pixel is on above this fraction of the map's maximum
     binarize_percentile: float = 90.0  # "percentile": a pixel is on above this percentile of the map
     consensus: str = "intersection"  # over the models agreeing with the diagnosis: the paper's, union, majority
+    refine: str = "none"  # from the consensus to the proposed mask: the paper's as it is, GrabCut, an ultrasound prior
     uncertainty_measure: str = "entropy"  # normalised predictive entropy, or mutual information (epistemic part)
     uncertainty_threshold: float = 0.5  # flag above this value of the measure (both lie in 0..1)
 
@@ -42,6 +44,8 @@ class AnnotateConfig:
             raise ValueError("binarize_percentile must be in (0, 100)")
         if self.consensus not in CONSENSUS_RULES:
             raise ValueError(f"consensus must be one of {CONSENSUS_RULES}")
+        if self.refine not in REFINE_METHODS:
+            raise ValueError(f"refine must be one of {REFINE_METHODS}")
         if self.uncertainty_measure not in UNCERTAINTY_MEASURES:
             raise ValueError(f"uncertainty_measure must be one of {UNCERTAINTY_MEASURES}")
         if not 0.0 <= self.uncertainty_threshold <= 1.0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ml.config import AnnotateConfig
+from ml.refine import refine
 
 
 def heatmap_binarize(heatmap: np.ndarray, config: AnnotateConfig) -> np.ndarray:
@@ -54,6 +55,17 @@ def consensus_mask(masks: list[np.ndarray], labels: list[int], diagnosis: int, d
     if rule == "majority":
         return votes * 2 > len(agreeing)
     return votes == len(agreeing)
+
+
+def proposal_mask(image: np.ndarray, heatmaps: list[np.ndarray], labels: list[int], diagnosis: int,
+                  disease_classes: list[int], config: AnnotateConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The mask proposed to the radiologist and the paper's one: the consensus of the binarised heatmaps by the
+    configured rule, refined against the grayscale `image` by the configured method; and the plain intersection."""
+    masks = [heatmap_binarize(heatmap, config) for heatmap in heatmaps]
+    consensus = consensus_mask(masks, labels, diagnosis, disease_classes, config.consensus)
+    agreeing = [heatmap for heatmap, label in zip(heatmaps, labels) if label == diagnosis] or heatmaps
+    proposal = refine(config.refine, image, np.mean(agreeing, axis=0), consensus)
+    return proposal, consensus_mask(masks, labels, diagnosis, disease_classes, "intersection")
 
 
 def review_flag(model_names: list[str], labels: list[int], diagnosis: int, uncertainty: float, threshold: float,

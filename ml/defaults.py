@@ -1,12 +1,12 @@
 """Choosing the annotation defaults on the validation split, since the paper gives none."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ml.config import AnnotateConfig
-from ml.consensus import consensus_mask, heatmap_binarize
+from ml.config import CONSENSUS_RULES, REFINE_METHODS, AnnotateConfig
+from ml.consensus import proposal_mask
 from ml.metrics import mask_iou
 
 FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -25,23 +25,69 @@ def uncertainty_threshold_choose(uncertainty: list[float], correct: list[bool], 
     return chosen
 
 
-def binarize_fraction_choose(results, truths: list[np.ndarray | None], disease_classes: list[int],
-                             classes: list[str], config: AnnotateConfig) -> tuple[float, float] | None:
-    """The fraction of each heatmap's maximum that gives the best mean consensus IoU on images with a lesion mask;
-    None when no such image was diagnosed as diseased."""
-    scored = [(result, truth) for result, truth in zip(results, truths)
-              if truth is not None and truth.any() and classes.index(result.diagnosis) in disease_classes]
+# How a heatmap becomes a mask, each tried with every consensus rule; the refinements are then tried on the best few.
+BINARIZATIONS = ([{"binarize": "fraction", "binarize_fraction": f} for f in FRACTIONS] + [{"binarize": "otsu"}]
+                 + [{"binarize": "percentile", "binarize_percentile": p} for p in (70.0, 80.0, 90.0)])
+REFINED_CANDIDATES = 3
+
+
+@dataclass
+class ScoredImage:
+    """What choosing the mask recipe needs of one annotated image with a lesion mask."""
+
+    image: np.ndarray  # grayscale uint8
+    heatmaps: list[np.ndarray]
+    labels: list[int]  # each model's diagnosis
+    diagnosis: int
+    truth: np.ndarray
+
+
+def scored_images(results, images, truths: list[np.ndarray | None], classes: list[str],
+                  disease_classes: list[int]) -> list[ScoredImage]:
+    """The annotated images whose ground truth outlines a lesion and whose diagnosis is a disease (a healthy
+    diagnosis proposes no mask, whatever the recipe)."""
+    return [ScoredImage(np.asarray(image.convert("L")), [o.heatmap for o in result.opinions],
+                        [classes.index(o.label) for o in result.opinions], classes.index(result.diagnosis), truth)
+            for result, image, truth in zip(results, images, truths)
+            if truth is not None and truth.any() and classes.index(result.diagnosis) in disease_classes]
+
+
+def recipe_iou(scored: list[ScoredImage], disease_classes: list[int], config: AnnotateConfig) -> tuple[float, float]:
+    """Mean IoU with the lesion masks of the proposal made by `config`, and of the paper's intersection."""
+    pairs = [proposal_mask(s.image, s.heatmaps, s.labels, s.diagnosis, disease_classes, config) for s in scored]
+    return (float(np.mean([mask_iou(proposal, s.truth) for (proposal, _), s in zip(pairs, scored)])),
+            float(np.mean([mask_iou(paper, s.truth) for (_, paper), s in zip(pairs, scored)])))
+
+
+def mask_recipe_choose(scored: list[ScoredImage], disease_classes: list[int],
+                       config: AnnotateConfig) -> tuple[AnnotateConfig, dict] | None:
+    """The binarisation, consensus rule and refinement whose proposals overlap the lesion masks best, and a report
+    of every candidate's mean IoU beside the paper's intersection; None without an image to score."""
     if not scored:
         return None
-    best = None
-    for fraction in FRACTIONS:
-        trial = replace(config, binarize="fraction", binarize_fraction=fraction)
-        ious = []
-        for result, truth in scored:
-            masks = [heatmap_binarize(opinion.heatmap, trial) for opinion in result.opinions]
-            labels = [classes.index(opinion.label) for opinion in result.opinions]
-            mask = consensus_mask(masks, labels, classes.index(result.diagnosis), disease_classes, trial.consensus)
-            ious.append(mask_iou(mask, truth))
-        if best is None or np.mean(ious) > best[1]:
-            best = (fraction, float(np.mean(ious)))
-    return best
+    plain = {}
+    for binarization in BINARIZATIONS:
+        for rule in CONSENSUS_RULES:
+            trial = replace(config, consensus=rule, refine="none", **binarization)
+            plain[trial] = recipe_iou(scored, disease_classes, trial)
+    top = sorted(plain, key=lambda trial: plain[trial][0], reverse=True)[:REFINED_CANDIDATES]
+    refined = {replace(trial, refine=method): recipe_iou(scored, disease_classes, replace(trial, refine=method))
+               for trial in top for method in REFINE_METHODS if method != "none"}
+    candidates = {**plain, **refined}
+    best = max(candidates, key=lambda trial: candidates[trial][0])
+    report = {"images": len(scored), **recipe_fields(best), "proposal_iou": round(candidates[best][0], 4),
+              "paper_iou": round(candidates[best][1], 4),
+              "candidates": sorted(({**recipe_fields(trial), "proposal_iou": round(iou, 4)}
+                                    for trial, (iou, _) in candidates.items()),
+                                   key=lambda row: row["proposal_iou"], reverse=True)}
+    return best, report
+
+
+def recipe_fields(config: AnnotateConfig) -> dict:
+    """The fields of a mask recipe, as the manifest and the reports name them."""
+    fields = {"binarize": config.binarize, "consensus": config.consensus, "refine": config.refine}
+    if config.binarize == "fraction":
+        fields["binarize_fraction"] = config.binarize_fraction
+    if config.binarize == "percentile":
+        fields["binarize_percentile"] = config.binarize_percentile
+    return fields

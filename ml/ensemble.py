@@ -13,7 +13,7 @@ from torch import nn
 from ml.cam import BatchedXGradCam
 from ml.checkpoint import weights_load, weights_save
 from ml.config import AnnotateConfig, EnsembleManifest
-from ml.consensus import consensus_mask, heatmap_binarize, review_flag
+from ml.consensus import heatmap_binarize, proposal_mask, review_flag
 from ml.data import images_to_tensor
 from ml.models import model_build, model_classifier
 from ml.uncertainty import entropy, mc_dropout_probs, mutual_information
@@ -55,7 +55,8 @@ class ImageAnnotation:
     flagged: bool
     flag_reason: str
     cam_class: str  # the disease class the heatmaps explain
-    mask: np.ndarray  # bool, the image's own size
+    mask: np.ndarray  # bool, the image's own size: the proposal (the consensus by the configured rule, refined)
+    paper_mask: np.ndarray  # bool: the paper's intersection, unrefined, reported beside the proposal
     opinions: list[ModelOpinion]
 
 
@@ -149,6 +150,8 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
             )
             for arch, label, heatmap, mask in zip(ensemble.models, labels, own_size, masks)
         ]
+        proposal, paper = proposal_mask(np.asarray(image.convert("L")), own_size, labels, diagnosis,
+                                        manifest.disease_classes, config)
         reason = review_flag(list(ensemble.models), labels, diagnosis, float(uncertainty[i]),
                              config.uncertainty_threshold, manifest.classes, config.uncertainty_measure)
         results.append(ImageAnnotation(
@@ -158,7 +161,8 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
             flagged=bool(reason),
             flag_reason=reason,
             cam_class=manifest.classes[cam_classes[i]],
-            mask=consensus_mask(masks, labels, diagnosis, manifest.disease_classes, config.consensus),
+            mask=proposal,
+            paper_mask=paper,
             opinions=opinions,
         ))
     return results

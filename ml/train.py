@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ml.config import AnnotateConfig, EnsembleManifest
 from ml.data import image_to_rgb, images_to_tensor
-from ml.defaults import binarize_fraction_choose, uncertainty_threshold_choose
+from ml.defaults import mask_recipe_choose, scored_images, uncertainty_threshold_choose
 from ml.ensemble import Ensemble, annotate, ensemble_build, save_ensemble
 from ml.models import imagenet_weights_resolve, model_classifier
 from ml.split import DUPLICATE_DISTANCE, image_dhash, near_duplicate_groups, split_grouped_stratified
@@ -161,7 +161,8 @@ def _train_one(arch, model, images, labels, train_idx, val_batch, val_labels, au
 
 
 def _defaults_choose(ensemble, images, labels, truths, config) -> tuple[AnnotateConfig, dict]:
-    """The flag threshold (and, with lesion masks, the binarisation) that the validation split supports."""
+    """The flag threshold (and, with lesion masks, how heatmaps become the proposed mask) that the validation split
+    supports."""
     manifest = ensemble.manifest
     results = annotate(ensemble, images, config.annotate)
     correct = [result.diagnosis == manifest.classes[label] for result, label in zip(results, labels)]
@@ -169,10 +170,11 @@ def _defaults_choose(ensemble, images, labels, truths, config) -> tuple[Annotate
     chosen = replace(config.annotate, uncertainty_threshold=threshold)
     report = {"uncertainty_threshold": threshold, "target_accuracy": config.target_accuracy,
               "flagged_by_uncertainty": round(float(np.mean([r.uncertainty > threshold for r in results])), 4)}
-    best = binarize_fraction_choose(results, truths, manifest.disease_classes, manifest.classes, chosen)
-    if best is not None:
-        chosen = replace(chosen, binarize="fraction", binarize_fraction=best[0])
-        report.update(binarize_fraction=best[0], consensus_iou=round(best[1], 4))
+    scored = scored_images(results, images, truths, manifest.classes, manifest.disease_classes)
+    choice = mask_recipe_choose(scored, manifest.disease_classes, chosen)
+    if choice is not None:
+        chosen, recipe = choice
+        report["mask_recipe"] = {key: value for key, value in recipe.items() if key != "candidates"}
     log.info("defaults chosen on the validation split: %s", report)
     return chosen, report
 

@@ -1,8 +1,9 @@
-"""`python -m ml evaluate`: labels, rows and the summary table, one run on demo images, and a CLI that starts light."""
+"""`python -m ml evaluate` and `tune`: labels, rows, the summary table, runs on demo images, a CLI that starts light."""
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from PIL import Image
 
 from ml.__main__ import main
 from ml.config import EnsembleManifest
-from ml.evaluate import ENSEMBLE, ImageScore, UnknownLabelError, label_classes, metrics_summarize, rows_read
+from ml.evaluate import (ENSEMBLE, PAPER, ImageScore, UnknownLabelError, label_classes, metrics_summarize,
+                         rows_read)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_BUSI = ROOT / "demo" / "busi"
@@ -44,7 +46,7 @@ def test_limit_spreads_rows_over_a_manifest_sorted_by_label(tmp_path):
 
 def _score(truth, ensemble_lesion, flagged, iou=None, pointing=None):
     probabilities = {name: [1 - ensemble_lesion, ensemble_lesion] for name in (ENSEMBLE, "a", "b")}
-    masks = {name: iou for name in (ENSEMBLE, "a", "b")} if iou is not None else {}
+    masks = {name: iou for name in (ENSEMBLE, PAPER, "a", "b")} if iou is not None else {}
     return ImageScore(truth=truth, probabilities=probabilities, uncertainty=0.0, flagged=flagged,
                       diagnosed_diseased=ensemble_lesion > 0.5, mask_iou=masks, mask_dice=dict(masks),
                       pointing={name: pointing for name in (ENSEMBLE, "a", "b")} if pointing is not None else {})
@@ -124,12 +126,40 @@ def test_evaluate_command_on_demo_images_writes_the_table_and_plots(tmp_path, ca
     assert ensemble["flagged_share"] == pytest.approx(counts["flagged"] / 6)
     assert 0.0 <= ensemble["box_iou"] <= 1.0
     table_lines = [line for line in (out / "metrics.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(table_lines) == 5 and "| Box IoU |" in table_lines[0]  # header, ensemble and three models
-    assert table_lines[1].startswith("| Ensemble (consensus mask) |")
-    assert "| Ensemble (consensus mask) |" in capsys.readouterr().out
+    # header, the proposal, the paper's intersection beside it, and three models
+    assert len(table_lines) == 6 and "| Box IoU |" in table_lines[0]
+    assert table_lines[1].startswith("| Ensemble (proposed mask) |")
+    assert table_lines[2].startswith("| Paper's intersection |")
+    assert 0.0 <= metrics[PAPER]["iou"] <= 1.0 and "accuracy" not in metrics[PAPER]  # a mask, not a classifier
+    assert "| Ensemble (proposed mask) |" in capsys.readouterr().out
     for plot in ("reliability.png", "uncertainty.png", "overlays.png"):
         with Image.open(out / plot) as image:
             assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_tune_command_chooses_the_mask_recipe_on_lesion_masks_and_writes_it_into_the_manifest(tmp_path, capsys):
+    model = tmp_path / "ensemble"
+    shutil.copytree(DEMO_ENSEMBLE, model)
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filename", "label", "mask_path"])
+        for row in _demo_rows(per_class=6):
+            writer.writerow([DEMO_BUSI / "images" / row["filename"], row["busi_class"],
+                             DEMO_BUSI / "masks" / row["filename"]])
+
+    main(["tune", "--model", str(model), "--data", str(manifest), "--write"])
+
+    out = capsys.readouterr().out
+    assert out.startswith("| Refinement | Binarisation | Consensus | Mean IoU |") and "Chosen: " in out
+    assert "| none (the paper's) |" in out
+    written = EnsembleManifest.from_dict(json.loads((model / "manifest.json").read_text()))
+    recipe = written.metrics["mask_recipe"]
+    assert (written.annotate.binarize, written.annotate.consensus, written.annotate.refine) == (
+        recipe["binarize"], recipe["consensus"], recipe["refine"])
+    assert 0.0 <= recipe["paper_iou"] <= recipe["proposal_iou"] <= 1.0 and recipe["images"] >= 1
+    assert json.loads((DEMO_ENSEMBLE / "manifest.json").read_text()) != json.loads(
+        (model / "manifest.json").read_text()), "the copy was written, not the demo's own"
 
 
 def test_evaluate_command_names_labels_that_map_to_no_class(tmp_path):

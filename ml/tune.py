@@ -1,0 +1,65 @@
+"""`python -m ml tune`: choose how an ensemble's heatmaps become the proposed mask (binarisation, consensus rule,
+refinement) on images with ground-truth lesion masks, and write the choice into its manifest.
+
+Choose on images the evaluation will not see, e.g. the training split: the ensemble learned from image labels only,
+so its training images' masks are still unseen ground truth, while the test split stays untouched.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ml.defaults import mask_recipe_choose, recipe_fields, scored_images
+from ml.ensemble import annotate, load_ensemble, manifest_save
+from ml.evaluate import image_read, label_classes, mask_read, rows_read, truth_mask_path
+
+def tune(ensemble, rows: list[dict], root: Path, masks_dir: Path | None = None, batch_size: int = 8):
+    """The chosen annotation config and its report (see defaults.mask_recipe_choose); None without a lesion image
+    that the ensemble diagnoses as diseased."""
+    manifest = ensemble.manifest
+    label_classes(manifest, [row["label"] for row in rows])  # every label must map to a class
+    images = [image_read(root / row["filename"]) for row in rows]
+    truths = [mask_read(path) if (path := truth_mask_path(row, root, masks_dir)) else None for row in rows]
+    results = annotate(ensemble, images, manifest.annotate, batch_size=batch_size)
+    scored = scored_images(results, images, truths, manifest.classes, manifest.disease_classes)
+    return mask_recipe_choose(scored, manifest.disease_classes, manifest.annotate)
+
+
+def recipe_table(report: dict) -> str:
+    """The best recipe of each refinement method, the chosen one first, and the paper's intersection below them."""
+    lines = ["| Refinement | Binarisation | Consensus | Mean IoU |", "|---|---|---|---:|"]
+    best_by_method = {}
+    for row in report["candidates"]:  # best first
+        best_by_method.setdefault(row["refine"], row)
+    for row in best_by_method.values():
+        lines.append(f"| {row['refine']} | {_binarisation(row)} | {row['consensus']} | "
+                     f"{100 * row['proposal_iou']:.2f} % |")
+    lines.append(f"| none (the paper's) | {_binarisation(report)} | intersection | {100 * report['paper_iou']:.2f} % |")
+    lines += ["", f"Chosen: {_binarisation(report)}, {report['consensus']}, refinement {report['refine']}; mean IoU "
+                  f"over {report['images']} lesion images diagnosed as diseased, of {len(report['candidates'])} "
+                  f"recipes tried."]
+    return "\n".join(lines)
+
+
+def _binarisation(fields: dict) -> str:
+    if fields["binarize"] == "fraction":
+        return f"{fields['binarize_fraction']:g} of the maximum"
+    if fields["binarize"] == "percentile":
+        return f"above the {fields['binarize_percentile']:g}th percentile"
+    return "Otsu"
+
+
+def tune_command(args) -> None:
+    """`python -m ml tune`, its flags parsed by ml.__main__."""
+    ensemble = load_ensemble(args.model)
+    rows = [row for row in rows_read(args.data, args.limit) if Path(row["filename"]).name not in args.excluded]
+    choice = tune(ensemble, rows, args.data.parent, args.masks, args.batch_size)
+    if choice is None:
+        raise SystemExit("error: no image with a lesion mask was diagnosed as diseased; nothing to choose on")
+    config, report = choice
+    print(recipe_table(report))
+    if args.write:
+        ensemble.manifest.annotate = config
+        ensemble.manifest.metrics["mask_recipe"] = {key: value for key, value in report.items() if key != "candidates"}
+        ensemble.manifest.metrics["mask_recipe"]["data"] = str(args.data)
+        manifest_save(ensemble.manifest, args.model)
+        print(f"written into {args.model / 'manifest.json'}: {recipe_fields(config)}")
