@@ -152,17 +152,21 @@ def _evaluate(args) -> None:
     evaluate_command(args)
 
 
+def _labelled_data_arguments(parser, data_help: str) -> None:
+    """The flags of the commands that annotate a labelled data set with masks and score it: evaluate and tune."""
+    parser.add_argument("--model", type=Path, required=True, help="ensemble checkpoint folder")
+    parser.add_argument("--data", type=Path, required=True, help=data_help)
+    parser.add_argument("--masks", type=Path, help="ground-truth masks by the image's file name, where no mask_path")
+    parser.add_argument("--limit", type=int, help="this many rows, spread evenly over the manifest")
+    parser.add_argument("--batch-size", type=int, default=8)
+
+
 def _evaluate_register(commands) -> None:
     parser = commands.add_parser("evaluate", help="accuracy, calibration, flags and mask overlap on labelled data")
-    parser.add_argument("--model", type=Path, required=True, help="ensemble checkpoint folder")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="manifest CSV: filename,label[,mask_path], paths relative to its folder")
+    _labelled_data_arguments(parser, "manifest CSV: filename,label[,mask_path], paths relative to its folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json, metrics.md and plots")
-    parser.add_argument("--masks", type=Path, help="ground-truth masks by the image's file name, where no mask_path")
     parser.add_argument("--boxes", type=Path, help="boxes CSV (filename,box_class,x1,y1,x2,y2): pointing, box IoU")
-    parser.add_argument("--limit", type=int, help="evaluate this many rows, spread evenly over the manifest")
     parser.add_argument("--samples", type=int, help="MC-Dropout passes (default: the manifest's)")
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.set_defaults(run=_evaluate)
 
 
@@ -175,13 +179,8 @@ def _tune(args) -> None:
 
 def _tune_register(commands) -> None:
     parser = commands.add_parser("tune", help="choose binarisation, consensus rule and refinement on lesion masks")
-    parser.add_argument("--model", type=Path, required=True, help="ensemble checkpoint folder")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="manifest CSV: filename,label[,mask_path]; not the test split")
+    _labelled_data_arguments(parser, "manifest CSV: filename,label[,mask_path]; not the test split")
     parser.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
-    parser.add_argument("--masks", type=Path, help="ground-truth masks by the image's file name, where no mask_path")
-    parser.add_argument("--limit", type=int, help="this many rows, spread evenly over the manifest")
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--write", action="store_true", help="write the choice into the checkpoint's manifest.json")
     parser.set_defaults(run=_tune)
 
