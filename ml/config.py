@@ -28,6 +28,7 @@ class AnnotateConfig:
     binarize_percentile: float = 90.0  # "percentile": a pixel is on above this percentile of the map
     consensus: str = "intersection"  # over the models agreeing with the diagnosis: the paper's, union, majority
     refine: str = "none"  # from the consensus to the proposed mask: the paper's as it is, GrabCut, an ultrasound prior
+    flip_maps: bool = False  # average each heatmap with that of the mirrored image (test-time augmentation)
     uncertainty_measure: str = "entropy"  # normalised predictive entropy, or mutual information (epistemic part)
     uncertainty_threshold: float = 0.5  # flag above this value of the measure (both lie in 0..1)
 

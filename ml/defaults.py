@@ -77,15 +77,16 @@ def mask_recipe_choose(scored: list[ScoredImage], disease_classes: list[int],
     best = max(candidates, key=lambda trial: candidates[trial][0])
     report = {"images": len(scored), **recipe_fields(best), "proposal_iou": round(candidates[best][0], 4),
               "paper_iou": round(candidates[best][1], 4),
-              "candidates": sorted(({**recipe_fields(trial), "proposal_iou": round(iou, 4)}
+              "candidates": sorted(({**recipe_fields(trial), "proposal_iou": iou}
                                     for trial, (iou, _) in candidates.items()),
-                                   key=lambda row: row["proposal_iou"], reverse=True)}
+                                   key=lambda row: row["proposal_iou"], reverse=True)}  # unrounded: ties sort true
     return best, report
 
 
 def recipe_fields(config: AnnotateConfig) -> dict:
     """The fields of a mask recipe, as the manifest and the reports name them."""
-    fields = {"binarize": config.binarize, "consensus": config.consensus, "refine": config.refine}
+    fields = {"binarize": config.binarize, "consensus": config.consensus, "refine": config.refine,
+              "flip_maps": config.flip_maps}
     if config.binarize == "fraction":
         fields["binarize_fraction"] = config.binarize_fraction
     if config.binarize == "percentile":

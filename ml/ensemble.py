@@ -129,6 +129,11 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
     disease = torch.tensor(manifest.disease_classes)
     cam_classes = disease[ensemble_mean[:, disease].argmax(-1)].tolist()
     heatmaps = {arch: forward.heatmaps(cam_classes).cpu().numpy() for arch, forward in forwards.items()}
+    if config.flip_maps:
+        mirrored = torch.flip(batch, dims=[-1])
+        for arch, model in ensemble.models.items():
+            mirror = BatchedXGradCam(model).forward(mirrored).heatmaps(cam_classes).cpu().numpy()[..., ::-1]
+            heatmaps[arch] = (heatmaps[arch] + mirror) / 2
 
     results = []
     for i, image in enumerate(images):

@@ -6,38 +6,60 @@ so its training images' masks are still unseen ground truth, while the test spli
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ml.defaults import mask_recipe_choose, recipe_fields, scored_images
 from ml.ensemble import annotate, load_ensemble, manifest_save
 from ml.evaluate import image_read, label_classes, mask_read, rows_read, truth_mask_path
 
+# Mirrored maps double the CAM passes: they are chosen only when they beat plain maps by at least this much IoU.
+FLIP_MIN_GAIN = 0.01
+
 def tune(ensemble, rows: list[dict], root: Path, masks_dir: Path | None = None, batch_size: int = 8):
-    """The chosen annotation config and its report (see defaults.mask_recipe_choose); None without a lesion image
+    """The chosen annotation config and its report (see defaults.mask_recipe_choose), the images annotated with
+    plain and with mirror-averaged heatmaps (chosen only for a gain of FLIP_MIN_GAIN); None without a lesion image
     that the ensemble diagnoses as diseased."""
     manifest = ensemble.manifest
     label_classes(manifest, [row["label"] for row in rows])  # every label must map to a class
     images = [image_read(root / row["filename"]) for row in rows]
     truths = [mask_read(path) if (path := truth_mask_path(row, root, masks_dir)) else None for row in rows]
-    results = annotate(ensemble, images, manifest.annotate, batch_size=batch_size)
-    scored = scored_images(results, images, truths, manifest.classes, manifest.disease_classes)
-    return mask_recipe_choose(scored, manifest.disease_classes, manifest.annotate)
+    choices = []
+    for flip_maps in (False, True):
+        config = replace(manifest.annotate, flip_maps=flip_maps)
+        results = annotate(ensemble, images, config, batch_size=batch_size)
+        scored = scored_images(results, images, truths, manifest.classes, manifest.disease_classes)
+        choices.append(mask_recipe_choose(scored, manifest.disease_classes, config))
+    if None in choices:
+        return None
+    plain, mirrored = choices
+    gain = mirrored[1]["proposal_iou"] - plain[1]["proposal_iou"]
+    best, report = mirrored if gain >= FLIP_MIN_GAIN else plain
+    candidates = [row for _, each in choices for row in each["candidates"]]
+    return best, {**report, "candidates": sorted(candidates, key=lambda row: row["proposal_iou"], reverse=True)}
 
 
 def recipe_table(report: dict) -> str:
-    """The best recipe of each refinement method, the chosen one first, and the paper's intersection below them."""
-    lines = ["| Refinement | Binarisation | Consensus | Mean IoU |", "|---|---|---|---:|"]
+    """The best recipe of each refinement, with plain and with mirrored maps, best first; the paper's intersection
+    (with the chosen binarisation) below them, and the choice."""
+    lines = ["| Refinement | Mirrored maps | Binarisation | Consensus | Mean IoU |", "|---|---|---|---|---:|"]
     best_by_method = {}
     for row in report["candidates"]:  # best first
-        best_by_method.setdefault(row["refine"], row)
+        best_by_method.setdefault((row["refine"], row["flip_maps"]), row)
     for row in best_by_method.values():
-        lines.append(f"| {row['refine']} | {_binarisation(row)} | {row['consensus']} | "
+        lines.append(f"| {row['refine']} | {_yes_no(row['flip_maps'])} | {_binarisation(row)} | {row['consensus']} | "
                      f"{100 * row['proposal_iou']:.2f} % |")
-    lines.append(f"| none (the paper's) | {_binarisation(report)} | intersection | {100 * report['paper_iou']:.2f} % |")
-    lines += ["", f"Chosen: {_binarisation(report)}, {report['consensus']}, refinement {report['refine']}; mean IoU "
+    lines.append(f"| none (the paper's) | {_yes_no(report['flip_maps'])} | {_binarisation(report)} | intersection | "
+                 f"{100 * report['paper_iou']:.2f} % |")
+    lines += ["", f"Chosen: {_binarisation(report)}, {report['consensus']}, refinement {report['refine']}, mirrored "
+                  f"maps {_yes_no(report['flip_maps'])}; mean IoU "
                   f"over {report['images']} lesion images diagnosed as diseased, of {len(report['candidates'])} "
                   f"recipes tried."]
     return "\n".join(lines)
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 def _binarisation(fields: dict) -> str:

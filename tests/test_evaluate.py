@@ -137,6 +137,13 @@ def test_evaluate_command_on_demo_images_writes_the_table_and_plots(tmp_path, ca
             assert image.format == "PNG" and min(image.size) > 100
 
 
+def recipe_rows(out: str) -> list[dict]:
+    """The rows of `tune`'s table."""
+    lines = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+    names = ["refine", "flip_maps", "binarization", "consensus", "iou"]
+    return [dict(zip(names, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[1:]]
+
+
 def test_tune_command_chooses_the_mask_recipe_on_lesion_masks_and_writes_it_into_the_manifest(tmp_path, capsys):
     model = tmp_path / "ensemble"
     shutil.copytree(DEMO_ENSEMBLE, model)
@@ -151,12 +158,14 @@ def test_tune_command_chooses_the_mask_recipe_on_lesion_masks_and_writes_it_into
     main(["tune", "--model", str(model), "--data", str(manifest), "--write"])
 
     out = capsys.readouterr().out
-    assert out.startswith("| Refinement | Binarisation | Consensus | Mean IoU |") and "Chosen: " in out
+    assert out.startswith("| Refinement | Mirrored maps | Binarisation | Consensus | Mean IoU |") and "Chosen: " in out
     assert "| none (the paper's) |" in out
     written = EnsembleManifest.from_dict(json.loads((model / "manifest.json").read_text()))
     recipe = written.metrics["mask_recipe"]
-    assert (written.annotate.binarize, written.annotate.consensus, written.annotate.refine) == (
-        recipe["binarize"], recipe["consensus"], recipe["refine"])
+    chosen = written.annotate
+    assert (chosen.binarize, chosen.consensus, chosen.refine, chosen.flip_maps) == (
+        recipe["binarize"], recipe["consensus"], recipe["refine"], recipe["flip_maps"])
+    assert {row["flip_maps"] for row in recipe_rows(out)} == {"yes", "no"}  # both kinds of maps were tried
     assert 0.0 <= recipe["paper_iou"] <= recipe["proposal_iou"] <= 1.0 and recipe["images"] >= 1
     assert json.loads((DEMO_ENSEMBLE / "manifest.json").read_text()) != json.loads(
         (model / "manifest.json").read_text()), "the copy was written, not the demo's own"

@@ -314,6 +314,17 @@ def _favouring(ensemble, class_index: int):
     return biased
 
 
+def test_mirror_averaged_heatmaps_are_the_mirror_of_those_of_the_mirrored_image(tiny_ensemble, scans):
+    square = scans[0].convert("L").resize((64, 64))  # the input size: no resampling to break the symmetry
+    mirrored = square.transpose(Image.FLIP_LEFT_RIGHT)
+    original, of_mirrored = annotate(tiny_ensemble, [square, mirrored], AnnotateConfig(mc_samples=5, flip_maps=True))
+    for opinion, mirror in zip(original.opinions, of_mirrored.opinions):
+        np.testing.assert_allclose(opinion.heatmap, mirror.heatmap[:, ::-1], atol=1e-5)
+    plain, plain_of_mirrored = annotate(tiny_ensemble, [square, mirrored], AnnotateConfig(mc_samples=5))
+    assert not all(np.allclose(o.heatmap, m.heatmap[:, ::-1], atol=1e-3)
+                   for o, m in zip(plain.opinions, plain_of_mirrored.opinions)), "without averaging they differ"
+
+
 def test_annotate_gives_three_opinions_own_size_heatmaps_a_mask_and_a_consistent_flag(tiny_ensemble, scans):
     results = annotate(tiny_ensemble, scans, AnnotateConfig(mc_samples=5), seed=0)
 
