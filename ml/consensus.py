@@ -57,11 +57,11 @@ def consensus_mask(masks: list[np.ndarray], labels: list[int], diagnosis: int, d
     return votes == len(agreeing)
 
 
-def proposal_mask(image: np.ndarray, heatmaps: list[np.ndarray], labels: list[int], diagnosis: int,
-                  disease_classes: list[int], config: AnnotateConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The mask proposed to the radiologist and the paper's one: the consensus of the binarised heatmaps by the
-    configured rule, refined against the grayscale `image` by the configured method; and the plain intersection."""
-    masks = [heatmap_binarize(heatmap, config) for heatmap in heatmaps]
+def proposal_mask(image: np.ndarray, heatmaps: list[np.ndarray], masks: list[np.ndarray], labels: list[int],
+                  diagnosis: int, disease_classes: list[int], config: AnnotateConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The mask proposed to the radiologist and the paper's one: the consensus of the models' masks (their heatmaps
+    binarised by `config`) by the configured rule, refined against the grayscale `image` by the configured method;
+    and the plain intersection."""
     consensus = consensus_mask(masks, labels, diagnosis, disease_classes, config.consensus)
     agreeing = [heatmap for heatmap, label in zip(heatmaps, labels) if label == diagnosis] or heatmaps
     proposal = refine(config.refine, image, np.mean(agreeing, axis=0), consensus)

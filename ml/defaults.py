@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ml.config import CONSENSUS_RULES, REFINE_METHODS, AnnotateConfig
-from ml.consensus import proposal_mask
+from ml.consensus import heatmap_binarize, proposal_mask
 from ml.metrics import mask_iou
 
 FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -54,7 +54,8 @@ def scored_images(results, images, truths: list[np.ndarray | None], classes: lis
 
 def recipe_iou(scored: list[ScoredImage], disease_classes: list[int], config: AnnotateConfig) -> tuple[float, float]:
     """Mean IoU with the lesion masks of the proposal made by `config`, and of the paper's intersection."""
-    pairs = [proposal_mask(s.image, s.heatmaps, s.labels, s.diagnosis, disease_classes, config) for s in scored]
+    pairs = [proposal_mask(s.image, s.heatmaps, [heatmap_binarize(heatmap, config) for heatmap in s.heatmaps],
+                           s.labels, s.diagnosis, disease_classes, config) for s in scored]
     return (float(np.mean([mask_iou(proposal, s.truth) for (proposal, _), s in zip(pairs, scored)])),
             float(np.mean([mask_iou(paper, s.truth) for (_, paper), s in zip(pairs, scored)])))
 

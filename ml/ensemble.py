@@ -155,7 +155,7 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
             )
             for arch, label, heatmap, mask in zip(ensemble.models, labels, own_size, masks)
         ]
-        proposal, paper = proposal_mask(np.asarray(image.convert("L")), own_size, labels, diagnosis,
+        proposal, paper = proposal_mask(np.asarray(image.convert("L")), own_size, masks, labels, diagnosis,
                                         manifest.disease_classes, config)
         reason = review_flag(list(ensemble.models), labels, diagnosis, float(uncertainty[i]),
                              config.uncertainty_threshold, manifest.classes, config.uncertainty_measure)

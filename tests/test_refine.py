@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ml.config import AnnotateConfig
-from ml.consensus import proposal_mask
+from ml.consensus import heatmap_binarize, proposal_mask
 from ml.defaults import ScoredImage, mask_recipe_choose, recipe_iou
 from ml.metrics import mask_iou
 from ml.refine import refine
@@ -66,10 +66,12 @@ def test_the_proposal_is_refined_and_the_paper_s_intersection_is_kept_beside_it(
     image, heatmap = ultrasound_like(), offset_map()
     wide = np.clip(heatmap * 1.3, 0, 1)  # a second model agreeing, with a wider map
     config = AnnotateConfig(consensus="union", refine="ultrasound")
-    proposal, paper = proposal_mask(image, [heatmap, wide], [1, 1], 1, [1], config)
+    maps = [heatmap, wide]
+    masks = [heatmap_binarize(each, config) for each in maps]
+    proposal, paper = proposal_mask(image, maps, masks, [1, 1], 1, [1], config)
     assert np.array_equal(paper, (heatmap > 0.5) & (wide > 0.5 * wide.max()))
     assert mask_iou(proposal, disc(*DISC)) > mask_iou(paper, disc(*DISC))
-    healthy, _ = proposal_mask(image, [heatmap, wide], [0, 0], 0, [1], config)
+    healthy, _ = proposal_mask(image, maps, masks, [0, 0], 0, [1], config)
     assert not healthy.any()  # a healthy diagnosis proposes no mask
 
 
