@@ -208,6 +208,31 @@ class Mask(models.Model):
         return f"{self.image} mask v{self.version} ({self.source})"
 
 
+class CandidateMask(models.Model):
+    """A mask the engine made beside its proposal, for the image page to show as its own layer: the panel's consensus
+    and the segmentation member's mask. One of them became the proposal (the first model mask version), as the
+    version's gate chose; ensembles without a member store none."""
+
+    class Source(models.TextChoices):
+        CONSENSUS = "consensus"
+        SEGMENTATION = "segmentation"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="candidate_masks")
+    model_version = models.CharField(max_length=100)
+    source = models.CharField(max_length=20, choices=Source.choices)
+    proposed = models.BooleanField(help_text="whether this one became the proposal")
+    file = models.FileField(upload_to="candidates/", max_length=300, help_text="8-bit PNG, 0 or 255")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["image", "model_version", "source"],
+                                               name="one_candidate_mask_per_source_and_version")]
+
+    def __str__(self):
+        return f"{self.source} mask of {self.image} by {self.model_version}"
+
+
 class ModelVersion(models.Model):
     """One trained ensemble of a project: its folder (safetensors + manifest.json) and its held-out metrics."""
 

@@ -1,4 +1,5 @@
-"""Command line: `python -m ml split | train | tune | annotate | evaluate | bench` (each with --help)."""
+"""Command line: `python -m ml split | train | tune | segment | learning-curve | annotate | evaluate | bench` (each
+with --help)."""
 from __future__ import annotations
 
 import argparse
@@ -185,6 +186,61 @@ def _tune_register(commands) -> None:
     parser.set_defaults(run=_tune)
 
 
+def _segment(args) -> None:
+    from ml.curve import segment_command
+
+    args.excluded = _excluded_names(args.exclude)
+    segment_command(args)
+
+
+def _learning_curve(args) -> None:
+    from ml.curve import learning_curve_command
+
+    args.excluded = _excluded_names(args.exclude)
+    learning_curve_command(args)
+
+
+def _member_arguments(parser) -> None:
+    """The flags of the commands that train the segmentation member."""
+    parser.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
+    parser.add_argument("--encoder", default="efficientnet_lite0", help="the member's timm encoder")
+    parser.add_argument("--input-size", type=int, default=160, help="a multiple of 32")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-hub", action="store_true", help="never fetch ImageNet weights from timm's hub")
+
+
+def _counts(text: str) -> list[int | None]:
+    """"0,25,all" -> [0, 25, None]: None stands for every mask there is."""
+    return [None if part == "all" else int(part) for part in text.split(",")]
+
+
+def _segment_register(commands) -> None:
+    parser = commands.add_parser("segment", help="train the segmentation member beside an ensemble, gate it, write it")
+    _labelled_data_arguments(parser, "manifest CSV: filename,label[,mask_path]; not the test split")
+    _member_arguments(parser)
+    parser.add_argument("--approved", type=int, default=0,
+                        help="this many ground-truth masks stand in for approved ones (the rest: pseudo-masks)")
+    parser.add_argument("--order", choices=("uncertainty", "random"), default="uncertainty",
+                        help="which masks count as approved: the review queue's order, or random")
+    parser.add_argument("--write", action="store_true", help="write the member and the gate's choice into --model")
+    parser.set_defaults(run=_segment)
+
+
+def _learning_curve_register(commands) -> None:
+    parser = commands.add_parser("learning-curve", help="the member's mask IoU on a test set per approved masks")
+    _labelled_data_arguments(parser, "training manifest CSV: filename,label[,mask_path]")
+    _member_arguments(parser)
+    parser.add_argument("--test", type=Path, required=True, help="test manifest CSV that no training saw")
+    parser.add_argument("--test-masks", type=Path, help="the test set's masks by file name, where no mask_path")
+    parser.add_argument("--ks", type=_counts, default=_counts("0,25,50,100,200,all"),
+                        help="approved-mask counts, comma-separated; all: every mask")
+    parser.add_argument("--orders", type=lambda text: text.split(","), default=["uncertainty", "random"],
+                        help="uncertainty (the review queue's order), random, or both")
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2])
+    parser.set_defaults(run=_learning_curve)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ml")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +276,8 @@ def main(argv=None) -> None:
     _bench_register(commands)
     _evaluate_register(commands)
     _tune_register(commands)
+    _segment_register(commands)
+    _learning_curve_register(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.run(args)

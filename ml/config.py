@@ -14,6 +14,7 @@ DEFAULT_ARCHITECTURES = ("resnet50", "efficientnet_lite0", "densenet121")
 BINARIZE_METHODS = ("fraction", "otsu", "percentile")
 CONSENSUS_RULES = ("intersection", "union", "majority")
 REFINE_METHODS = ("none", "grabcut", "ultrasound")  # see ml/refine.py
+PROPOSAL_SOURCES = ("consensus", "segmentation")  # the panel's refined consensus, or the segmentation member's mask
 UNCERTAINTY_MEASURES = ("entropy", "mutual_information")
 
 
@@ -29,6 +30,7 @@ class AnnotateConfig:
     consensus: str = "intersection"  # over the models agreeing with the diagnosis: the paper's, union, majority
     refine: str = "none"  # from the consensus to the proposed mask: the paper's as it is, GrabCut, an ultrasound prior
     flip_maps: bool = False  # average each heatmap with that of the mirrored image (test-time augmentation)
+    proposal: str = "consensus"  # which mask becomes version 1; "segmentation" needs a segmentation member
     uncertainty_measure: str = "entropy"  # normalised predictive entropy, or mutual information (epistemic part)
     uncertainty_threshold: float = 0.5  # flag above this value of the measure (both lie in 0..1)
 
@@ -47,10 +49,27 @@ class AnnotateConfig:
             raise ValueError(f"consensus must be one of {CONSENSUS_RULES}")
         if self.refine not in REFINE_METHODS:
             raise ValueError(f"refine must be one of {REFINE_METHODS}")
+        if self.proposal not in PROPOSAL_SOURCES:
+            raise ValueError(f"proposal must be one of {PROPOSAL_SOURCES}")
         if self.uncertainty_measure not in UNCERTAINTY_MEASURES:
             raise ValueError(f"uncertainty_measure must be one of {UNCERTAINTY_MEASURES}")
         if not 0.0 <= self.uncertainty_threshold <= 1.0:
             raise ValueError("uncertainty_threshold must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """The segmentation member (ml/segment.py) beside the panel, when a checkpoint has one."""
+
+    encoder: str = "efficientnet_lite0"
+    input_size: int = 160
+    threshold: float = 0.5  # a pixel is lesion above this probability
+
+    def __post_init__(self):
+        if self.input_size < 32 or self.input_size % 32:
+            raise ValueError("the segmentation member's input_size must be a multiple of 32")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError("the segmentation threshold must be in (0, 1)")
 
 
 @dataclass
@@ -66,6 +85,7 @@ class EnsembleManifest:
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     weights_dtype: str = "float32"  # "int8" stores conv/linear weights quantised per output channel
     label_map: dict = field(default_factory=dict)  # a data set's own label -> one of `classes`, e.g. benign -> lesion
+    segmenter: SegmenterConfig | None = None  # the segmentation member, stored as segmenter.safetensors
     metrics: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
 
@@ -95,6 +115,8 @@ class EnsembleManifest:
     def from_dict(cls, data: dict) -> "EnsembleManifest":
         data = dict(data)
         data["annotate"] = AnnotateConfig(**data.get("annotate", {}))
+        if data.get("segmenter") is not None:
+            data["segmenter"] = SegmenterConfig(**data["segmenter"])
         data["mean"] = tuple(data.get("mean", IMAGENET_MEAN))
         data["std"] = tuple(data.get("std", IMAGENET_STD))
         return cls(**data)

@@ -1,9 +1,10 @@
-"""Reading images and turning them into normalised tensors."""
+"""Reading images, turning them into normalised tensors, and the training augmentation."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from ml.config import EnsembleManifest
 
@@ -25,3 +26,14 @@ def images_to_tensor(images: list[Image.Image], manifest: EnsembleManifest) -> t
     mean = torch.tensor(manifest.mean).view(1, 3, 1, 1)
     std = torch.tensor(manifest.std).view(1, 3, 1, 1)
     return (batch - mean) / std
+
+
+def augmentation(input_size: int) -> v2.Compose:
+    """Flips, small rotations, crops and brightness/contrast; a `tv_tensors.Mask` passed along gets the same
+    geometry and no colour change."""
+    return v2.Compose([
+        v2.RandomResizedCrop(input_size, scale=(0.7, 1.0), ratio=(0.85, 1.15)),
+        v2.RandomHorizontalFlip(),
+        v2.RandomRotation(10),
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
+    ])

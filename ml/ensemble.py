@@ -16,9 +16,11 @@ from ml.config import AnnotateConfig, EnsembleManifest
 from ml.consensus import heatmap_binarize, proposal_mask, review_flag
 from ml.data import images_to_tensor
 from ml.models import model_build, model_classifier
+from ml.segment import SegmentationNet, segmenter_probabilities
 from ml.uncertainty import entropy, mc_dropout_probs, mutual_information
 
 MANIFEST_NAME = "manifest.json"
+SEGMENTER_NAME = "segmenter.safetensors"
 
 
 @dataclass
@@ -26,11 +28,14 @@ class Ensemble:
     manifest: EnsembleManifest
     models: dict[str, nn.Module]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    segmenter: SegmentationNet | None = None  # the segmentation member (ml/segment.py), configured by the manifest
 
     def to(self, device: str | torch.device) -> "Ensemble":
         self.device = torch.device(device)
         for model in self.models.values():
             model.to(self.device)
+        if self.segmenter is not None:
+            self.segmenter.to(self.device)
         return self
 
 
@@ -57,6 +62,8 @@ class ImageAnnotation:
     cam_class: str  # the disease class the heatmaps explain
     mask: np.ndarray  # bool, the image's own size: the proposal (the consensus by the configured rule, refined)
     paper_mask: np.ndarray  # bool: the paper's intersection, unrefined, reported beside the proposal
+    consensus_mask: np.ndarray  # bool: the consensus by the configured rule, refined (the proposal unless the member's)
+    segmentation_mask: np.ndarray | None  # bool: the segmentation member's mask, None without a member
     opinions: list[ModelOpinion]
 
 
@@ -73,6 +80,8 @@ def save_ensemble(ensemble: Ensemble, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for arch, model in ensemble.models.items():
         weights_save(model.state_dict(), folder / f"{arch}.safetensors", ensemble.manifest.weights_dtype)
+    if ensemble.segmenter is not None:
+        weights_save(ensemble.segmenter.state_dict(), folder / SEGMENTER_NAME, ensemble.manifest.weights_dtype)
     manifest_save(ensemble.manifest, folder)
     return folder
 
@@ -91,6 +100,10 @@ def load_ensemble(folder: str | Path, device: str | None = None) -> Ensemble:
     for arch, model in ensemble.models.items():
         model.load_state_dict(weights_load(folder / f"{arch}.safetensors"))
         model.eval()
+    if manifest.segmenter is not None:
+        ensemble.segmenter = SegmentationNet(manifest.segmenter)
+        ensemble.segmenter.load_state_dict(weights_load(folder / SEGMENTER_NAME))
+        ensemble.segmenter.eval()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return ensemble.to(device)
 
@@ -99,6 +112,8 @@ def annotate(ensemble: Ensemble, images: list[Image.Image], config: AnnotateConf
              batch_size: int = 8, seed: int = 0) -> list[ImageAnnotation]:
     """Diagnose, explain and outline each image; the same call serves the CLI, the worker and the tests."""
     config = config or ensemble.manifest.annotate
+    if config.proposal == "segmentation" and ensemble.segmenter is None:
+        raise ValueError("the proposal is the segmentation member's, but this ensemble has none")
     results = []
     for start in range(0, len(images), batch_size):
         results += _annotate_batch(ensemble, images[start:start + batch_size], config, seed + start)
@@ -134,6 +149,10 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
         for arch, model in ensemble.models.items():
             mirror = BatchedXGradCam(model).forward(mirrored).heatmaps(cam_classes).cpu().numpy()[..., ::-1]
             heatmaps[arch] = (heatmaps[arch] + mirror) / 2
+    segmented = [None] * len(images)
+    if ensemble.segmenter is not None:
+        segmented = [probs > manifest.segmenter.threshold for probs in segmenter_probabilities(
+            ensemble.segmenter, images, manifest.mean, manifest.std, ensemble.device)]
 
     results = []
     for i, image in enumerate(images):
@@ -155,8 +174,11 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
             )
             for arch, label, heatmap, mask in zip(ensemble.models, labels, own_size, masks)
         ]
-        proposal, paper = proposal_mask(np.asarray(image.convert("L")), own_size, masks, labels, diagnosis,
-                                        manifest.disease_classes, config)
+        consensus, paper = proposal_mask(np.asarray(image.convert("L")), own_size, masks, labels, diagnosis,
+                                         manifest.disease_classes, config)
+        segmentation = None
+        if segmented[i] is not None:  # a healthy diagnosis proposes no mask, whoever draws it
+            segmentation = segmented[i] & (diagnosis in manifest.disease_classes)
         reason = review_flag(list(ensemble.models), labels, diagnosis, float(uncertainty[i]),
                              config.uncertainty_threshold, manifest.classes, config.uncertainty_measure)
         results.append(ImageAnnotation(
@@ -166,8 +188,10 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
             flagged=bool(reason),
             flag_reason=reason,
             cam_class=manifest.classes[cam_classes[i]],
-            mask=proposal,
+            mask=segmentation if config.proposal == "segmentation" else consensus,
             paper_mask=paper,
+            consensus_mask=consensus,
+            segmentation_mask=segmentation,
             opinions=opinions,
         ))
     return results

@@ -28,12 +28,14 @@ from PIL import Image
 from torch import nn
 from torchvision import tv_tensors
 
-from ml.config import AnnotateConfig, EnsembleManifest
-from ml.data import images_to_tensor
+from ml.config import AnnotateConfig, EnsembleManifest, SegmenterConfig
+from ml.data import augmentation, images_to_tensor
 from ml.ensemble import MANIFEST_NAME, Ensemble, annotate, load_ensemble, manifest_save, save_ensemble
 from ml.evaluate import ENSEMBLE, image_score, metrics_summarize
-from ml.models import model_classifier
-from ml.train import augmentation, class_weights, code_version, image_preload
+from ml.models import imagenet_weights_resolve, model_classifier
+from ml.segment import (SegmentTrainConfig, proposal_source_choose, segment_targets, segmenter_build,
+                        segmenter_train)
+from ml.train import class_weights, code_version, image_preload
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,14 @@ class FinetuneConfig:
     mc_samples: int | None = None  # T of the held-out evaluation; None: the checkpoint's own
     # int8 rounds each weight to 1/127 of its channel's largest: a fine-tuning step is often smaller than that.
     weights_dtype: str = "float32"
+    # The segmentation member's epochs on the approved masks (and pseudo-masks of the rest); 0 keeps the parent's.
+    segmenter_epochs: int = 10
     parent_version: str = ""  # the name of the version it starts from, recorded in the manifest
     seed: int = 0
     device: str | None = None
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
+        if self.epochs < 1 or self.batch_size < 1 or self.segmenter_epochs < 0:
             raise ValueError("epochs and batch_size must be at least 1")
         if self.cam_weight < 0:
             raise ValueError("cam_weight must not be negative")
@@ -182,7 +186,8 @@ def finetune(ensemble_dir: str | Path, samples: list[FinetuneSample], out_dir: s
 
     parent_metrics = heldout_metrics(parent, held, held_labels, evaluation, parent_progress, should_stop)
 
-    candidate = Ensemble(manifest=copy.deepcopy(manifest), models=copy.deepcopy(parent.models), device=parent.device)
+    candidate = Ensemble(manifest=copy.deepcopy(manifest), models=copy.deepcopy(parent.models), device=parent.device,
+                         segmenter=copy.deepcopy(parent.segmenter))
     items = [_train_item(samples[i], labels[i], manifest) for i in train]
     weights = class_weights([item.label for item in items], len(manifest.classes)).to(candidate.device)
     batches_per_member = config.epochs * -(-len(items) // config.batch_size)
@@ -197,6 +202,14 @@ def finetune(ensemble_dir: str | Path, samples: list[FinetuneSample], out_dir: s
                                                                member_progress, should_stop)
         seconds[arch] = round(time.monotonic() - member_started, 1)
 
+    segmenter = {}
+    if config.segmenter_epochs:
+        def segmenter_progress(done, total, loss):
+            if should_stop():
+                raise FinetuneCancelled
+            on_progress(PROGRESS_TRAINED, f"segmentation member: batch {done}/{total}, loss {loss:.3f}")
+
+        segmenter = segmenter_finetune(candidate, [samples[i] for i in train], held, config, segmenter_progress)
     masks_used = sum(item.mask is not None for item in items)
     candidate.manifest.weights_dtype = config.weights_dtype
     candidate.manifest.metrics = {}
@@ -209,7 +222,7 @@ def finetune(ensemble_dir: str | Path, samples: list[FinetuneSample], out_dir: s
         "epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
         "weight_decay": config.weight_decay, "cam_weight": config.cam_weight, "cam_term": "1 - soft IoU",
         "last_epoch_cross_entropy": cross_entropy, "last_epoch_cam_term": cam_loss,
-        "seconds_per_member": seconds, "seed": config.seed, "code_version": code_version(),
+        "seconds_per_member": seconds, "segmenter": segmenter, "seed": config.seed, "code_version": code_version(),
     }
     out_dir = Path(out_dir)
     save_ensemble(candidate, out_dir)
@@ -229,6 +242,40 @@ def finetune(ensemble_dir: str | Path, samples: list[FinetuneSample], out_dir: s
     return FinetuneResult(folder=out_dir, manifest=saved.manifest, metrics=metrics, parent_metrics=parent_metrics,
                           train_images=len(train), validation_images=len(validation), masks_used=masks_used,
                           cam_loss=cam_loss)
+
+
+def segmenter_finetune(candidate: Ensemble, train: list[FinetuneSample], held: list[FinetuneSample],
+                       config: FinetuneConfig, on_batch=None) -> dict:
+    """Train the candidate's segmentation member (the parent's, else a new one on ImageNet weights) on the training
+    samples' approved masks and the pseudo-masks of the lesion images without one, then let the gate choose on the
+    held-out approved masks whether it or the consensus proposes; the report for the manifest."""
+    manifest = candidate.manifest
+    started = time.monotonic()
+    labels = [manifest.class_of(s.label) for s in train]
+    without_mask = [i for i, s in enumerate(train) if s.mask is None and labels[i] != manifest.healthy_class]
+    annotations = dict(zip(without_mask, annotate(candidate, [train[i].image for i in without_mask],
+                                                  replace(manifest.annotate, proposal="consensus"))))
+    approved = {i: s.mask for i, s in enumerate(train) if s.mask is not None}
+    train_config = SegmentTrainConfig(epochs=config.segmenter_epochs, seed=config.seed)
+    targets = segment_targets([s.image for s in train], labels, [annotations.get(i) for i in range(len(train))],
+                              approved, manifest.healthy_class, train_config.approved_weight)
+    if len(targets) < 2:
+        return {"trained": False, "reason": f"{len(targets)} images with a target; at least 2 are needed"}
+    if candidate.segmenter is None:
+        config_member = SegmenterConfig()
+        weights = imagenet_weights_resolve([config_member.encoder], {}, use_hub=False)[config_member.encoder]
+        candidate.segmenter = segmenter_build(config_member, weights).to(candidate.device)
+        manifest.segmenter = config_member
+    losses = segmenter_train(candidate.segmenter, targets, train_config, manifest.mean, manifest.std,
+                             candidate.device, on_batch)
+    judged = [s for s in held if s.mask is not None]
+    results = annotate(candidate, [s.image for s in judged], replace(manifest.annotate, proposal="consensus"))
+    source, gate = proposal_source_choose([r.segmentation_mask for r in results], [r.consensus_mask for r in results],
+                                          [s.mask for s in judged])
+    manifest.annotate = replace(manifest.annotate, proposal=source)
+    return {"trained": True, "targets": len(targets), "approved_masks": len(approved), "epochs": train_config.epochs,
+            "final_loss": round(losses[-1], 4), "gate": gate, "proposal": source,
+            "seconds": round(time.monotonic() - started, 1)}
 
 
 def heldout_metrics(ensemble: Ensemble, samples: list[FinetuneSample], labels: list[int], config: AnnotateConfig,

@@ -13,11 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms import v2
 from tqdm import tqdm
 
 from ml.config import AnnotateConfig, EnsembleManifest
-from ml.data import image_to_rgb, images_to_tensor
+from ml.data import augmentation, image_to_rgb, images_to_tensor
 from ml.defaults import mask_recipe_choose, scored_images, uncertainty_threshold_choose
 from ml.ensemble import Ensemble, annotate, ensemble_build, save_ensemble
 from ml.models import imagenet_weights_resolve, model_classifier
@@ -99,17 +98,6 @@ def image_preload(image: Image.Image, input_size: int) -> Image.Image:
     """An image decoded once, a little larger than the input so that random crops keep most of the field."""
     preload = int(input_size * 1.15)
     return image_to_rgb(image).resize((preload, preload), Image.BILINEAR)
-
-
-def augmentation(input_size: int) -> v2.Compose:
-    """Flips, small rotations, crops and brightness/contrast; a `tv_tensors.Mask` passed along gets the same
-    geometry and no colour change."""
-    return v2.Compose([
-        v2.RandomResizedCrop(input_size, scale=(0.7, 1.0), ratio=(0.85, 1.15)),
-        v2.RandomHorizontalFlip(),
-        v2.RandomRotation(10),
-        v2.ColorJitter(brightness=0.2, contrast=0.2),
-    ])
 
 
 def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:

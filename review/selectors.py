@@ -69,3 +69,9 @@ def image_predictions(image: Image) -> list:
         prediction.rows = [{"name": name, "probability": p, "std": s}
                            for name, p, s in zip(image.project.classes, prediction.probabilities, prediction.std)]
     return predictions
+
+
+def image_candidate_masks(image: Image) -> list:
+    """The consensus and segmentation member's masks of the version whose verdict the image shows, if it has a
+    member."""
+    return list(image.candidate_masks.filter(model_version=image.model_version))

@@ -71,6 +71,7 @@ def image_review(request, pk):
     return render(request, "review/image.html", {
         "image": image,
         "predictions": selectors.image_predictions(image),
+        "candidate_masks": selectors.image_candidate_masks(image),
         "mask": mask_latest(image),
         "mask_count": image.masks.count(),
         "model_mask": mask_latest(image, source=Mask.Source.MODEL),

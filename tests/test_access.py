@@ -2,7 +2,7 @@
 import pytest
 from django.core.files.base import ContentFile
 
-from annotator.models import Mask, TrainingRun
+from annotator.models import CandidateMask, Mask, TrainingRun
 from annotator.masks.services import mask_create
 from tests.factories import annotated_image, box_mask, mask_png
 
@@ -12,6 +12,8 @@ def urls(team):
     image = annotated_image(team.project)
     image.reference_mask.save("reference.png", ContentFile(mask_png(box_mask((40, 30), (2, 2, 8, 8)))))
     model_mask = image.masks.get()
+    candidate = CandidateMask(image=image, model_version=image.model_version, source="segmentation", proposed=False)
+    candidate.file.save("candidate.png", ContentFile(mask_png(box_mask((40, 30), (3, 3, 9, 9)))))
     # A drawn version on top of the model's, so that version 1 can be restored.
     mask_create(image, box_mask((40, 30), (0, 0, 9, 9)), Mask.Source.HUMAN, author=team.radiologist,
                 parent=model_mask)
@@ -27,7 +29,8 @@ def urls(team):
         "requeue": f"/review/images/{i}/requeue/",
         "api_project": [f"/api/projects/{p}/", f"/api/projects/{p}/images/", f"/api/images/{i}/",
                         f"/api/images/{i}/image", f"/api/predictions/{image.predictions.first().pk}/heatmap.png",
-                        f"/api/masks/{model_mask.pk}/mask.png", f"/api/images/{i}/reference.png"],
+                        f"/api/masks/{model_mask.pk}/mask.png", f"/api/images/{i}/reference.png",
+                        f"/api/candidate-masks/{candidate.pk}/mask.png"],
         "api_admin": [f"/api/projects/{p}/export/coco/", f"/api/projects/{p}/export/png/",
                       f"/api/projects/{p}/export/coco/?format=polygon&status=pending",
                       f"/api/projects/{p}/training-runs/", f"/api/training-runs/{run.pk}/",

@@ -87,3 +87,56 @@ def test_a_radiologist_who_drew_before_the_ensemble_ran_keeps_the_latest_version
     assert [(m.version, m.source) for m in drawn_on.masks.all()] == [(1, "human")]
     assert drawn_on.predictions.count() == 3  # the ensemble's opinion is still there, beside the drawing
     assert [(m.version, m.source) for m in untouched.masks.all()] == [(1, "model")]
+
+
+@pytest.fixture(scope="module")
+def ensemble_with_member_folder(tmp_path_factory):
+    """The tiny panel with an (untrained) segmentation member whose mask is the proposal."""
+    from ml import AnnotateConfig, EnsembleManifest, save_ensemble
+    from ml.config import SegmenterConfig
+    from ml.ensemble import ensemble_build
+    from ml.segment import segmenter_build
+
+    manifest = EnsembleManifest(architectures=["resnet18"], classes=["normal", "lesion"], healthy_class="normal",
+                                input_size=32, annotate=AnnotateConfig(proposal="segmentation"),
+                                segmenter=SegmenterConfig(input_size=32, threshold=0.01))  # low: it proposes a mask
+    ensemble = ensemble_build(manifest)
+    ensemble.segmenter = segmenter_build(manifest.segmenter)
+    return save_ensemble(ensemble, tmp_path_factory.mktemp("with_member"))
+
+
+def test_an_ensemble_with_a_segmentation_member_stores_both_masks_and_the_page_shows_them(
+        team, settings, ensemble_with_member_folder):
+    import numpy as np
+
+    from annotator.models import CandidateMask, Image
+    from annotator.png import mask_file_read
+
+    settings.ENSEMBLE_DIR = ensemble_with_member_folder
+    settings.ML_MC_SAMPLES = 2
+    services.ensemble_load.cache_clear()
+    try:
+        job = uploaded_job(team, count=2)
+        services.job_annotate(job.pk)
+    finally:
+        services.ensemble_load.cache_clear()
+    for image in Image.objects.filter(job=job):
+        candidates = {c.source: c for c in image.candidate_masks.all()}
+        assert set(candidates) == {"consensus", "segmentation"}
+        assert candidates["segmentation"].proposed and not candidates["consensus"].proposed
+        assert np.array_equal(mask_file_read(image.masks.get().file.name),
+                              mask_file_read(candidates["segmentation"].file.name))
+        page = team.client(team.radiologist).get(f"/review/images/{image.pk}/").content.decode()
+        assert 'data-toggle="candidate-segmentation"' in page and "Segmentation member" in page
+        assert 'data-toggle="candidate-consensus"' in page and "Consensus of the panel" in page
+    assert CandidateMask.objects.count() == 4
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+    services.job_annotate(job.pk)
+    assert CandidateMask.objects.count() == 4  # annotated once
+
+
+def test_an_ensemble_without_a_member_stores_no_candidate_masks(team, tiny_ensemble):
+    from annotator.models import CandidateMask
+
+    services.job_annotate(uploaded_job(team, count=1).pk)
+    assert CandidateMask.objects.count() == 0

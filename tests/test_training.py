@@ -19,11 +19,12 @@ from annotator.masks.services import mask_create
 from annotator.models import Mask, ModelVersion, Prediction, TrainingRun
 from annotator.tasks import project_reannotate_task, training_run_task
 from ml.cam import BatchedXGradCam, _min_max_scale
-from ml.config import DEFAULT_ARCHITECTURES, EnsembleManifest
+from ml.config import DEFAULT_ARCHITECTURES, EnsembleManifest, SegmenterConfig
 from ml.ensemble import ensemble_build, load_ensemble, save_ensemble
 from ml.finetune import (FinetuneConfig, FinetuneSample, cam_mask_loss, class_activation_maps, finetune, held_out,
                          promotion_decide)
 from ml.models import model_build, model_classifier
+from ml.segment import MIN_GATE_IMAGES
 from review.services import image_approve, image_reject
 from tests.conftest import DEMO_BUSI
 from tests.factories import annotated_image, box_mask
@@ -50,6 +51,7 @@ def finetuning(tiny_ensemble_folder, settings, tmp_path):
     settings.MODELS_DIR = tmp_path / "models"
     settings.ML_MC_SAMPLES = 2
     settings.FINETUNE_EPOCHS = 1
+    settings.FINETUNE_SEGMENTER_EPOCHS = 1
     settings.FINETUNE_VALIDATION_PERCENT = 50  # of the ten images below: 2 normal and 3 lesion held out
     settings.FINETUNE_EVERY_APPROVALS = 0
     services.ensemble_load.cache_clear()
@@ -170,7 +172,7 @@ def test_promotion_gate_promotes_only_a_candidate_not_worse_on_enough_images(can
 
 def test_finetune_trains_the_cam_toward_masks_only_when_there_are_masks(tiny_ensemble_folder, tmp_path):
     rows = demo_rows(4)
-    config = FinetuneConfig(epochs=1, validation_percent=25, mc_samples=2, parent_version="tiny")
+    config = FinetuneConfig(epochs=1, validation_percent=25, mc_samples=2, segmenter_epochs=0, parent_version="tiny")
     with_masks = finetune(tiny_ensemble_folder, samples_of(rows), tmp_path / "masks", config)
     unweighted = finetune(tiny_ensemble_folder, samples_of(rows), tmp_path / "unweighted",
                           dataclasses.replace(config, cam_weight=0.0))
@@ -192,6 +194,30 @@ def test_finetune_trains_the_cam_toward_masks_only_when_there_are_masks(tiny_ens
     assert training_record["epochs"] == 1 and len(training_record["data_sha256"]) == 64
     assert trained.manifest.metrics["held_out"] == with_masks.metrics
     assert with_masks.metrics["images"] == held.count(True)
+
+
+def test_finetune_trains_a_segmentation_member_on_the_approved_masks_and_the_gate_judges_it(tiny_ensemble_folder,
+                                                                                           tmp_path, monkeypatch):
+    rows = demo_rows(8)
+    config = FinetuneConfig(epochs=1, validation_percent=40, mc_samples=2, segmenter_epochs=2, parent_version="tiny")
+    result = finetune(tiny_ensemble_folder, samples_of(rows), tmp_path / "member", config)
+
+    held = [held_out(sample.key, 40) for sample in samples_of(rows)]
+    held_lesions = sum(h and row["label"] == "lesion" for h, row in zip(held, rows))
+    record = result.manifest.training["segmenter"]
+    assert record["trained"] and record["approved_masks"] == record["targets"] == held.count(False)
+    assert record["gate"]["images"] == held_lesions < MIN_GATE_IMAGES  # too few to judge on (the gate's own tests
+    assert record["proposal"] == "consensus" and "fewer than" in record["gate"]["reason"]  # are in test_segment)
+    loaded = load_ensemble(tmp_path / "member")
+    assert loaded.segmenter is not None and loaded.manifest.segmenter == SegmenterConfig()
+    assert loaded.manifest.annotate.proposal == record["proposal"]
+
+    # The next run trains this member further: it builds no new one.
+    monkeypatch.setattr("ml.finetune.segmenter_build", lambda *args: pytest.fail("a new member was built"))
+    again = finetune(tmp_path / "member", samples_of(rows), tmp_path / "again", config)
+    assert again.manifest.training["segmenter"]["trained"]
+    child = load_ensemble(tmp_path / "again").segmenter.state_dict()
+    assert any(not torch.equal(value, child[key]) for key, value in loaded.segmenter.state_dict().items())
 
 
 # --- Runs in the worker -------------------------------------------------------------------------------------------

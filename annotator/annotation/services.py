@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from annotator.enqueue import job_annotate_enqueue
 from annotator.masks.selectors import mask_latest
 from annotator.masks.services import mask_create
-from annotator.models import Image, Job, Mask, Prediction, Project
+from annotator.models import CandidateMask, Image, Job, Mask, Prediction, Project
 from annotator.png import png_encode
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,21 @@ def _predictions_store(image: Image, result, model_version: str) -> None:
         )
         prediction.heatmap.save(f"{image.pk}-{opinion.architecture}.png", ContentFile(png_encode(heatmap)), save=False)
         prediction.save()
+    _candidate_masks_store(image, result, model_version)
+
+
+def _candidate_masks_store(image: Image, result, model_version: str) -> None:
+    """The consensus and the segmentation member's mask, where the ensemble has a member (without one the consensus
+    is the proposal itself)."""
+    if result.segmentation_mask is None or image.candidate_masks.filter(model_version=model_version).exists():
+        return
+    for source, mask in ((CandidateMask.Source.CONSENSUS, result.consensus_mask),
+                         (CandidateMask.Source.SEGMENTATION, result.segmentation_mask)):
+        candidate = CandidateMask(image=image, model_version=model_version, source=source,
+                                  proposed=mask is result.mask)
+        candidate.file.save(f"{image.pk}-{source}.png", ContentFile(png_encode(mask.astype(np.uint8) * 255)),
+                            save=False)
+        candidate.save()
 
 
 def _verdict_store(image: Image, result, model_version: str) -> None:

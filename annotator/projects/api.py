@@ -8,7 +8,7 @@ from rest_framework import generics
 from rest_framework.views import APIView
 
 from annotator import access
-from annotator.models import Mask, Prediction
+from annotator.models import CandidateMask, Mask, Prediction
 from annotator.projects import selectors
 from annotator.serializers import ImageListSerializer, ImageSerializer, JobSerializer, ProjectSerializer
 
@@ -80,6 +80,10 @@ class HeatmapFileApi(ImagePngApi):
 
 class MaskFileApi(ImagePngApi):
     model, file_field = Mask, "file"
+
+
+class CandidateMaskFileApi(ImagePngApi):
+    model, file_field = CandidateMask, "file"
 
 
 @extend_schema(responses={200: PNG})

@@ -16,4 +16,5 @@ urlpatterns = [
     path("api/images/<int:pk>/reference.png", api.ReferenceMaskFileApi.as_view(), name="reference-mask-file"),
     path("api/predictions/<int:pk>/heatmap.png", api.HeatmapFileApi.as_view(), name="heatmap-file"),
     path("api/masks/<int:pk>/mask.png", api.MaskFileApi.as_view(), name="mask-file"),
+    path("api/candidate-masks/<int:pk>/mask.png", api.CandidateMaskFileApi.as_view(), name="candidate-mask-file"),
 ]
