@@ -13,16 +13,35 @@ FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.05, 1.0, 0.05))
 
 
-def uncertainty_threshold_choose(uncertainty: list[float], correct: list[bool], target_accuracy: float) -> float:
-    """The highest threshold whose unflagged images (uncertainty at or below it) are still right at least
-    `target_accuracy` of the time: as few images for the radiologist as that accuracy allows. 0 flags all."""
+UNFLAGGED_ACCURACY = 0.97  # images that are not flagged must be right at least this often
+
+
+def uncertainty_threshold_choose(uncertainty: list[float], correct: list[bool], target_accuracy: float,
+                                 dissent: list[bool] | None = None) -> float:
+    """The highest threshold whose unflagged images (uncertainty at or below it, and no model dissenting, which
+    flags an image whatever its uncertainty) are still right at least `target_accuracy` of the time: as few images
+    for the radiologist as that accuracy allows. 0 flags all."""
     uncertainty, correct = np.asarray(uncertainty), np.asarray(correct)
+    dissent = np.zeros(len(uncertainty), dtype=bool) if dissent is None else np.asarray(dissent)
     chosen = 0.0
     for threshold in THRESHOLDS:
-        kept = uncertainty <= threshold
+        kept = (uncertainty <= threshold) & ~dissent
         if kept.any() and correct[kept].mean() >= target_accuracy:
             chosen = threshold
     return chosen
+
+
+def flag_threshold_choose(results, truths: list[str], target_accuracy: float = UNFLAGGED_ACCURACY) -> dict:
+    """The flag threshold for annotated images whose true classes are `truths`, and the share of images it flags
+    and the accuracy of the rest, on these images."""
+    uncertainty = np.array([r.uncertainty for r in results])
+    correct = np.array([r.diagnosis == truth for r, truth in zip(results, truths)])
+    dissent = np.array([any(not o.agrees for o in r.opinions) for r in results])
+    threshold = uncertainty_threshold_choose(uncertainty, correct, target_accuracy, dissent)
+    flagged = dissent | (uncertainty > threshold)
+    return {"uncertainty_threshold": threshold, "target_accuracy": target_accuracy, "images": len(results),
+            "flagged_share": round(float(flagged.mean()), 4),
+            "accuracy_unflagged": round(float(correct[~flagged].mean()), 4) if (~flagged).any() else None}
 
 
 # How a heatmap becomes a mask, each tried with every consensus rule; the refinements are then tried on the best few.

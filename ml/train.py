@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ml.config import AnnotateConfig, EnsembleManifest
 from ml.data import augmentation, image_to_rgb, images_to_tensor
-from ml.defaults import mask_recipe_choose, scored_images, uncertainty_threshold_choose
+from ml.defaults import UNFLAGGED_ACCURACY, flag_threshold_choose, mask_recipe_choose, scored_images
 from ml.ensemble import Ensemble, annotate, ensemble_build, save_ensemble
 from ml.models import imagenet_weights_resolve, model_classifier
 from ml.split import DUPLICATE_DISTANCE, image_dhash, near_duplicate_groups, split_grouped_stratified
@@ -42,7 +42,7 @@ class TrainConfig:
     duplicate_distance: int = DUPLICATE_DISTANCE
     variance_weight: float = 0.0  # λ of the paper's optional term: CE + λ · variance of the MC-Dropout passes
     variance_samples: int = 4  # dropout passes per image for that term
-    target_accuracy: float = 0.9  # unflagged validation images must be right this often; sets the flag threshold
+    target_accuracy: float = UNFLAGGED_ACCURACY  # unflagged validation images must be right this often
     seed: int = 0
     use_hub: bool = True  # ImageNet weights from timm's hub when it can be reached
     weights_files: tuple[tuple[str, str], ...] = ()  # (architecture, local ImageNet weights file)
@@ -153,11 +153,8 @@ def _defaults_choose(ensemble, images, labels, truths, config) -> tuple[Annotate
     supports."""
     manifest = ensemble.manifest
     results = annotate(ensemble, images, config.annotate)
-    correct = [result.diagnosis == manifest.classes[label] for result, label in zip(results, labels)]
-    threshold = uncertainty_threshold_choose([r.uncertainty for r in results], correct, config.target_accuracy)
-    chosen = replace(config.annotate, uncertainty_threshold=threshold)
-    report = {"uncertainty_threshold": threshold, "target_accuracy": config.target_accuracy,
-              "flagged_by_uncertainty": round(float(np.mean([r.uncertainty > threshold for r in results])), 4)}
+    report = flag_threshold_choose(results, [manifest.classes[label] for label in labels], config.target_accuracy)
+    chosen = replace(config.annotate, uncertainty_threshold=report["uncertainty_threshold"])
     scored = scored_images(results, images, truths, manifest.classes, manifest.disease_classes)
     choice = mask_recipe_choose(scored, manifest.disease_classes, chosen)
     if choice is not None:

@@ -1,5 +1,6 @@
 """`python -m ml tune`: choose how an ensemble's heatmaps become the proposed mask (binarisation, consensus rule,
-refinement) on images with ground-truth lesion masks, and write the choice into its manifest.
+refinement) on images with ground-truth lesion masks, and the flag threshold that keeps unflagged images right 97 %
+of the time, and write the choice into its manifest.
 
 Choose on images the evaluation will not see, e.g. the training split: the ensemble learned from image labels only,
 so its training images' masks are still unseen ground truth, while the test split stays untouched.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ml.defaults import mask_recipe_choose, recipe_fields, scored_images
+from ml.defaults import flag_threshold_choose, mask_recipe_choose, recipe_fields, scored_images
 from ml.ensemble import annotate, load_ensemble, manifest_save
 from ml.evaluate import image_read, label_classes, mask_read, rows_read, truth_mask_path
 
@@ -28,6 +29,8 @@ def tune(ensemble, rows: list[dict], root: Path, masks_dir: Path | None = None, 
     for flip_maps in (False, True):
         config = replace(manifest.annotate, flip_maps=flip_maps)
         results = annotate(ensemble, images, config, batch_size=batch_size)
+        if not flip_maps:  # the maps do not change a diagnosis, so one pass decides the flags
+            flags = flag_threshold_choose(results, [manifest.class_of(row["label"]) for row in rows])
         scored = scored_images(results, images, truths, manifest.classes, manifest.disease_classes)
         choices.append(mask_recipe_choose(scored, manifest.disease_classes, config))
     if None in choices:
@@ -35,8 +38,10 @@ def tune(ensemble, rows: list[dict], root: Path, masks_dir: Path | None = None, 
     plain, mirrored = choices
     gain = mirrored[1]["proposal_iou"] - plain[1]["proposal_iou"]
     best, report = mirrored if gain >= FLIP_MIN_GAIN else plain
+    best = replace(best, uncertainty_threshold=flags["uncertainty_threshold"])
     candidates = [row for _, each in choices for row in each["candidates"]]
-    return best, {**report, "candidates": sorted(candidates, key=lambda row: row["proposal_iou"], reverse=True)}
+    return best, {**report, "flags": flags,
+                  "candidates": sorted(candidates, key=lambda row: row["proposal_iou"], reverse=True)}
 
 
 def recipe_table(report: dict) -> str:
@@ -55,6 +60,11 @@ def recipe_table(report: dict) -> str:
                   f"maps {_yes_no(report['flip_maps'])}; mean IoU "
                   f"over {report['images']} lesion images diagnosed as diseased, of {len(report['candidates'])} "
                   f"recipes tried."]
+    flags = report["flags"]
+    unflagged = "–" if flags["accuracy_unflagged"] is None else f"{100 * flags['accuracy_unflagged']:.1f} %"
+    lines += ["", f"Flag threshold: uncertainty above {flags['uncertainty_threshold']:g} (or a dissenting model) flags "
+                  f"{100 * flags['flagged_share']:.1f} % of the {flags['images']} images; the unflagged ones are right "
+                  f"{unflagged} of the time (target {100 * flags['target_accuracy']:g} %)."]
     return "\n".join(lines)
 
 
@@ -81,7 +91,10 @@ def tune_command(args) -> None:
     print(recipe_table(report))
     if args.write:
         ensemble.manifest.annotate = config
-        ensemble.manifest.metrics["mask_recipe"] = {key: value for key, value in report.items() if key != "candidates"}
+        ensemble.manifest.metrics["mask_recipe"] = {key: value for key, value in report.items()
+                                                    if key not in ("candidates", "flags")}
+        ensemble.manifest.metrics["flags"] = report["flags"]
         ensemble.manifest.metrics["mask_recipe"]["data"] = str(args.data)
         manifest_save(ensemble.manifest, args.model)
-        print(f"written into {args.model / 'manifest.json'}: {recipe_fields(config)}")
+        print(f"written into {args.model / 'manifest.json'}: {recipe_fields(config)}, uncertainty threshold "
+              f"{config.uncertainty_threshold:g}")

@@ -167,6 +167,10 @@ def test_tune_command_chooses_the_mask_recipe_on_lesion_masks_and_writes_it_into
         recipe["binarize"], recipe["consensus"], recipe["refine"], recipe["flip_maps"])
     assert {row["flip_maps"] for row in recipe_rows(out)} == {"yes", "no"}  # both kinds of maps were tried
     assert 0.0 <= recipe["paper_iou"] <= recipe["proposal_iou"] <= 1.0 and recipe["images"] >= 1
+    flags = written.metrics["flags"]
+    assert chosen.uncertainty_threshold == flags["uncertainty_threshold"] and flags["images"] == 12
+    assert flags["accuracy_unflagged"] is None or flags["accuracy_unflagged"] >= 0.97
+    assert f"flags {100 * flags['flagged_share']:.1f} % of the 12 images" in out
     assert json.loads((DEMO_ENSEMBLE / "manifest.json").read_text()) != json.loads(
         (model / "manifest.json").read_text()), "the copy was written, not the demo's own"
 

@@ -438,3 +438,30 @@ def test_uncertainty_threshold_is_the_highest_that_keeps_unflagged_images_accura
     assert uncertainty_threshold_choose(uncertainty, correct, target_accuracy=0.9) == 0.4
     assert uncertainty_threshold_choose(uncertainty, correct, target_accuracy=0.6) == 0.95
     assert uncertainty_threshold_choose([0.5], [False], target_accuracy=0.9) == 0.0
+
+
+def test_a_dissenting_model_flags_an_image_whatever_the_threshold_so_it_does_not_count_as_unflagged():
+    from ml.defaults import uncertainty_threshold_choose
+
+    uncertainty = [0.1, 0.2, 0.3, 0.42, 0.6, 0.8]
+    correct = [True, True, True, False, True, False]
+    dissent = [False, False, False, True, False, True]  # the wrong ones were flagged by dissent already
+
+    assert uncertainty_threshold_choose(uncertainty, correct, 0.97, dissent) == 0.95
+
+
+def test_the_flag_report_gives_the_flagged_share_and_the_accuracy_of_the_rest():
+    from types import SimpleNamespace
+
+    from ml.defaults import flag_threshold_choose
+
+    def result(diagnosis, uncertainty, dissent=False):
+        return SimpleNamespace(diagnosis=diagnosis, uncertainty=uncertainty,
+                               opinions=[SimpleNamespace(agrees=True), SimpleNamespace(agrees=not dissent)])
+
+    results = [result("lesion", 0.1), result("lesion", 0.2), result("normal", 0.3, dissent=True),
+               result("normal", 0.5), result("lesion", 0.9)]
+    report = flag_threshold_choose(results, ["lesion", "lesion", "lesion", "lesion", "lesion"], 0.97)
+
+    assert report["uncertainty_threshold"] == 0.45  # the highest grid value below the wrong 0.5
+    assert report["flagged_share"] == 0.6 and report["accuracy_unflagged"] == 1.0 and report["images"] == 5
