@@ -1,4 +1,5 @@
-"""`python -m ml bench`: annotate() against a naive baseline, against the floor of its model passes, and refined."""
+"""`python -m ml bench`: annotate() against a naive baseline, against the floor of its model passes, refined, and
+with the segmentation member."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,10 +17,11 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from ml.cam import BatchedXGradCam
-from ml.config import DEFAULT_ARCHITECTURES, AnnotateConfig, EnsembleManifest
+from ml.config import DEFAULT_ARCHITECTURES, AnnotateConfig, EnsembleManifest, SegmenterConfig
 from ml.data import images_to_tensor
 from ml.ensemble import Ensemble, annotate, ensemble_build, load_ensemble
 from ml.models import model_target_layer
+from ml.segment import segmenter_build
 
 
 def bench_command(args) -> None:
@@ -28,10 +30,15 @@ def bench_command(args) -> None:
     ensemble = _ensemble(args.model, args.input_size, device)
     config = dataclasses.replace(ensemble.manifest.annotate, mc_samples=args.samples, refine="none")
     refined = dataclasses.replace(config, refine=REFINED_BY)
+    # The segmentation member beside the refined consensus: the checkpoint's, else a fresh one (its cost is the same).
+    with_member = dataclasses.replace(ensemble, segmenter=ensemble.segmenter or segmenter_build(SegmenterConfig()))
+    with_member.to(device)
+    ensemble = dataclasses.replace(ensemble, segmenter=None)
     images = _random_images(args.images, ensemble.manifest.input_size)
     methods = {  # name: (run over a few images, images to warm it up on)
         "ours": (lambda few: annotate(ensemble, few, config, args.batch_size), args.batch_size),
         "refined": (lambda few: annotate(ensemble, few, refined, args.batch_size), args.batch_size),
+        "member": (lambda few: annotate(with_member, few, refined, args.batch_size), args.batch_size),
         "floor": (lambda few: _floor(ensemble, few), args.batch_size),
         "naive": (lambda few: _naive(ensemble, few, config), 1),
     }
@@ -148,9 +155,10 @@ def _print_table(seconds: dict[str, float], peak_mib: dict[str, float], args, in
         print(f"{name:7} {args.images / seconds[name]:9.2f} {seconds[name]:8.2f}{memory}")
     if not on_gpu:
         # One process runs all the methods in turn, so its peak RSS cannot be split between them.
-        print(f"peak RSS of the process, all four methods: {max(peak_mib.values()):.0f} MiB")
+        print(f"peak RSS of the process, all five methods: {max(peak_mib.values()):.0f} MiB")
     print(f"ours vs naive: {seconds['naive'] / seconds['ours']:.1f}x faster (goal >= 5x)")
     print(f"ours / floor time: {seconds['ours'] / seconds['floor']:.2f} (goal <= 1.3)")
     print(f"refined ({REFINED_BY}) / ours time: {seconds['refined'] / seconds['ours']:.2f} (goal <= 1.5)")
+    print(f"refined and the segmentation member / ours time: {seconds['member'] / seconds['ours']:.2f} (goal <= 1.5)")
     print(f"batch size {args.batch_size}, input {input_size}, T {args.samples}, images {args.images}, "
           f"device {device}, torch threads {torch.get_num_threads()}")

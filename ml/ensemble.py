@@ -60,7 +60,7 @@ class ImageAnnotation:
     flagged: bool
     flag_reason: str
     cam_class: str  # the disease class the heatmaps explain
-    mask: np.ndarray  # bool, the image's own size: the proposal (the consensus by the configured rule, refined)
+    mask: np.ndarray  # bool, the image's own size: the proposal, by `AnnotateConfig.proposal` one of the two below
     paper_mask: np.ndarray  # bool: the paper's intersection, unrefined, reported beside the proposal
     consensus_mask: np.ndarray  # bool: the consensus by the configured rule, refined (the proposal unless the member's)
     segmentation_mask: np.ndarray | None  # bool: the segmentation member's mask, None without a member

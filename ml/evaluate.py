@@ -22,6 +22,8 @@ from ml.metrics import (ECE_BINS, accuracy, auroc, balanced_accuracy, boxes_mask
 OVERLAY_COUNT = 16
 ENSEMBLE = "ensemble"
 PAPER = "paper"  # the paper's intersection of the agreeing models' binarised maps, unrefined
+CONSENSUS = "consensus"  # the consensus by the manifest's rule, refined: the proposal unless the member's is
+MEMBER = "segmentation"  # the segmentation member's mask, where the ensemble has one
 
 
 # --- Scoring annotations ------------------------------------------------------------------------------------------
@@ -88,8 +90,10 @@ def image_score(annotation, truth: int, manifest, truth_mask: np.ndarray | None,
         flagged=annotation.flagged,
         diagnosed_diseased=annotation.diagnosis != manifest.healthy_class,
     )
-    predicted_masks = {ENSEMBLE: annotation.mask, PAPER: annotation.paper_mask,
+    predicted_masks = {ENSEMBLE: annotation.mask, PAPER: annotation.paper_mask, CONSENSUS: annotation.consensus_mask,
                        **{opinion.architecture: opinion.mask for opinion in opinions}}
+    if annotation.segmentation_mask is not None:
+        predicted_masks[MEMBER] = annotation.segmentation_mask
     if truth in manifest.disease_classes and truth_mask is not None and truth_mask.any():
         if truth_mask.shape != annotation.mask.shape:
             raise ValueError(f"ground-truth mask {truth_mask.shape} and image {annotation.mask.shape} differ in size")
@@ -157,8 +161,12 @@ def metrics_summarize(scores: list[ImageScore], architectures: list[str], health
         "images_with_boxes": sum(bool(s.pointing) for s in scores),
         "flagged": sum(s.flagged for s in scores),
     }
-    return {"counts": counts, ENSEMBLE: rows[ENSEMBLE], PAPER: mask_overlap_metrics(scores, PAPER),
-            "models": {name: rows[name] for name in architectures}}
+    summary = {"counts": counts, ENSEMBLE: rows[ENSEMBLE], PAPER: mask_overlap_metrics(scores, PAPER),
+               CONSENSUS: mask_overlap_metrics(scores, CONSENSUS),
+               "models": {name: rows[name] for name in architectures}}
+    if any(MEMBER in s.mask_iou for s in scores):
+        summary[MEMBER] = mask_overlap_metrics(scores, MEMBER)
+    return summary
 
 
 # --- Reading the data set and annotating it -----------------------------------------------------------------------
@@ -272,8 +280,9 @@ def markdown_table(metrics: dict) -> str:
     columns = TABLE_COLUMNS + (BOX_COLUMNS if metrics["counts"]["images_with_boxes"] else [])
     lines = ["| Model | " + " | ".join(header for _, header, _ in columns) + " |",
              "|---|" + "---:|" * len(columns)]
-    named_rows = [("Ensemble (proposed mask)", metrics[ENSEMBLE]), ("Paper's intersection", metrics[PAPER]),
-                  *metrics["models"].items()]
+    named_rows = [("Ensemble (proposed mask)", metrics[ENSEMBLE]), ("Consensus, refined", metrics[CONSENSUS]),
+                  *([("Segmentation member", metrics[MEMBER])] if MEMBER in metrics else []),
+                  ("Paper's intersection", metrics[PAPER]), *metrics["models"].items()]
     for name, row in named_rows:
         cells = [metric_format(row.get(key), percent) for key, _, percent in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -282,8 +291,9 @@ def markdown_table(metrics: dict) -> str:
     lines.append(f"{counts['images']} images, T = {metrics['mc_samples']} MC-Dropout passes; IoU/Dice over the "
                  f"{counts['images_with_mask']} diseased images with a ground-truth mask "
                  f"({counts['images_with_mask_diagnosed_diseased']} of them diagnosed diseased: the dx columns); "
-                 f"model rows use each model's own binarised CAM, the ensemble row the proposed mask (the consensus "
-                 f"by the manifest's rule, refined by its method), the paper's row the plain intersection.")
+                 f"model rows use each model's own binarised CAM, the ensemble row the proposed mask (the manifest's "
+                 f"proposal: the consensus by its rule, refined by its method, or the segmentation member's mask), "
+                 f"the paper's row the plain intersection.")
     return "\n".join(lines)
 
 

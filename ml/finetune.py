@@ -65,8 +65,10 @@ class FinetuneConfig:
     device: str | None = None
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.segmenter_epochs < 0:
+        if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if self.segmenter_epochs < 0:
+            raise ValueError("segmenter_epochs must not be negative")
         if self.cam_weight < 0:
             raise ValueError("cam_weight must not be negative")
         if not 0 <= self.validation_percent < 100:

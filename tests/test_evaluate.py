@@ -14,8 +14,8 @@ from PIL import Image
 
 from ml.__main__ import main
 from ml.config import EnsembleManifest
-from ml.evaluate import (ENSEMBLE, PAPER, ImageScore, UnknownLabelError, label_classes, metrics_summarize,
-                         rows_read)
+from ml.evaluate import (CONSENSUS, ENSEMBLE, MEMBER, PAPER, ImageScore, UnknownLabelError, label_classes,
+                         metrics_summarize, rows_read)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_BUSI = ROOT / "demo" / "busi"
@@ -46,7 +46,7 @@ def test_limit_spreads_rows_over_a_manifest_sorted_by_label(tmp_path):
 
 def _score(truth, ensemble_lesion, flagged, iou=None, pointing=None):
     probabilities = {name: [1 - ensemble_lesion, ensemble_lesion] for name in (ENSEMBLE, "a", "b")}
-    masks = {name: iou for name in (ENSEMBLE, PAPER, "a", "b")} if iou is not None else {}
+    masks = {name: iou for name in (ENSEMBLE, PAPER, CONSENSUS, "a", "b")} if iou is not None else {}
     return ImageScore(truth=truth, probabilities=probabilities, uncertainty=0.0, flagged=flagged,
                       diagnosed_diseased=ensemble_lesion > 0.5, mask_iou=masks, mask_dice=dict(masks),
                       pointing={name: pointing for name in (ENSEMBLE, "a", "b")} if pointing is not None else {})
@@ -126,11 +126,16 @@ def test_evaluate_command_on_demo_images_writes_the_table_and_plots(tmp_path, ca
     assert ensemble["flagged_share"] == pytest.approx(counts["flagged"] / 6)
     assert 0.0 <= ensemble["box_iou"] <= 1.0
     table_lines = [line for line in (out / "metrics.md").read_text().splitlines() if line.startswith("| ")]
-    # header, the proposal, the paper's intersection beside it, and three models
-    assert len(table_lines) == 6 and "| Box IoU |" in table_lines[0]
-    assert table_lines[1].startswith("| Ensemble (proposed mask) |")
-    assert table_lines[2].startswith("| Paper's intersection |")
-    assert 0.0 <= metrics[PAPER]["iou"] <= 1.0 and "accuracy" not in metrics[PAPER]  # a mask, not a classifier
+    # header, the proposal, the refined consensus, the demo's segmentation member, the paper's intersection, and
+    # three models
+    assert [line.split("|")[1].strip() for line in table_lines[:5]] == [
+        "Model", "Ensemble (proposed mask)", "Consensus, refined", "Segmentation member", "Paper's intersection"]
+    assert len(table_lines) == 8 and "| Box IoU |" in table_lines[0]
+    for name in (PAPER, CONSENSUS, MEMBER):
+        assert 0.0 <= metrics[name]["iou"] <= 1.0 and "accuracy" not in metrics[name]  # a mask, not a classifier
+    proposed = MEMBER if json.loads((DEMO_ENSEMBLE / "manifest.json").read_text())["annotate"]["proposal"] == \
+        "segmentation" else CONSENSUS
+    assert metrics[ENSEMBLE]["iou"] == metrics[proposed]["iou"]
     assert "| Ensemble (proposed mask) |" in capsys.readouterr().out
     for plot in ("reliability.png", "uncertainty.png", "overlays.png"):
         with Image.open(out / plot) as image:
