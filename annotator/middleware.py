@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib.auth.middleware import LoginRequiredMiddleware as PageLoginRequiredMiddleware
 
 from annotator import health
@@ -16,6 +17,23 @@ class HealthCheckMiddleware:
     def __call__(self, request):
         view = self.views.get(request.path_info)
         return view(request) if view else self.get_response(request)
+
+
+class SecurityHeadersMiddleware:
+    """Content-Security-Policy and Permissions-Policy from the settings on every response, unless a view set its own.
+    One fixed policy for the whole site needs no package (django-csp's nonces and per-view policies go unused here),
+    and Django 6 brings a CSP middleware of its own."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        for header, value in (("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY),
+                              ("Permissions-Policy", settings.PERMISSIONS_POLICY)):
+            if value:
+                response.headers.setdefault(header, value)
+        return response
 
 
 class LoginRequiredMiddleware(PageLoginRequiredMiddleware):

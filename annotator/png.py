@@ -6,6 +6,7 @@ import io
 import numpy as np
 from django.core.files.storage import default_storage
 from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
 
 
 class MaskError(ValueError):
@@ -38,6 +39,8 @@ def mask_decode(data: bytes, size: tuple[int, int]) -> np.ndarray:
             array = np.asarray(picture.convert("RGBA" if "A" in picture.getbands() else "L"))
     except MaskError:
         raise
+    except UnidentifiedImageError as error:  # its message names Python's file object, which tells a person nothing
+        raise MaskError("not a PNG image") from error
     except Exception as error:
         raise MaskError(f"not a readable PNG ({error})") from error
     # A drawn mask with transparency marks foreground by alpha; an opaque one by brightness.

@@ -4,6 +4,7 @@ With nothing set: SQLite in var/, a filesystem broker in var/ (no server to inst
 Set DATABASE_URL and CELERY_BROKER_URL (or REDIS_URL) to run on PostgreSQL and Redis.
 """
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -39,6 +40,19 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 if env_bool("TRUST_X_FORWARDED_PROTO", False):
     # Only behind a proxy that sets X-Forwarded-Proto itself; otherwise any client could claim HTTPS.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Served over HTTPS only: plain HTTP is redirected, and browsers are told to use nothing but HTTPS for this many
+# seconds (HSTS). Both off by default, as the demo runs on plain HTTP; /healthz and /readyz are never redirected.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+# Sent on every response (annotator.middleware.SecurityHeadersMiddleware); an empty value sends none. Scripts only
+# from files of this site (the pages' ES modules, Swagger UI's from drf-spectacular-sidecar), never inline or eval;
+# inline styles for the templates' style attributes and <style> blocks; data: and blob: images for Swagger UI's icons
+# and the images it shows from API responses.
+CONTENT_SECURITY_POLICY = os.environ.get(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
+PERMISSIONS_POLICY = os.environ.get("PERMISSIONS_POLICY", "camera=(), microphone=(), geolocation=()")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -51,6 +65,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files served from here: no CDN
+    "axes",  # login throttling
     "annotator",
     "review",
 ]
@@ -58,6 +73,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "annotator.middleware.HealthCheckMiddleware",  # first: /healthz and /readyz skip host checks and login
     "django.middleware.security.SecurityMiddleware",
+    "annotator.middleware.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -66,6 +82,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "annotator.middleware.LoginRequiredMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a refused login into its lockout page
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -100,6 +117,15 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT wrong passwords in a row for one user name from one
+# address, that pair is refused for LOGIN_COOLOFF_MINUTES (0: until an admin deletes the lock in /admin/); every
+# refused try starts the cool-off again. API tokens are no password and are never locked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15)) or None  # axes: None is no end
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True  # "in a row": a successful login starts the count again
+AXES_LOCKOUT_TEMPLATE = "registration/login.html"  # the login form again, saying why and for how long
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -137,6 +163,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,  # multipart uploads get their own request schemas
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No validator badge: it would load an image from swagger.io, which the CSP blocks, with the schema's address.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # Celery: Redis when configured, otherwise a folder-based broker that needs no server.

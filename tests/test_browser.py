@@ -2,6 +2,7 @@
 log in, open the queue, take the next image, paint, erase, undo, save, approve; then read the stored mask's pixels."""
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,17 @@ def logged_in_page(browser, live_server, username):
     return page
 
 
+def wait_until(page, expression, timeout=30):
+    """Poll the page until `expression` is true. Not page.wait_for_function: Playwright runs its predicate through
+    eval, which the site's Content-Security-Policy refuses; page.evaluate comes from DevTools, which it lets through."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still not true after {timeout} s: {expression}"
+        page.wait_for_timeout(50)
+
+
 def editor_ready(page, model_pixels):
-    page.wait_for_function(f"window.maskEditor && window.maskEditor.foregroundPixels() === {model_pixels}")
+    wait_until(page, f"window.maskEditor && window.maskEditor.foregroundPixels() === {model_pixels}")
 
 
 def screen_point(page, x, y):
@@ -104,7 +114,7 @@ def test_paint_erase_undo_save_and_approve_in_the_browser(team, live_server, bro
     assert "Unsaved" in page.inner_text("[data-save-status]")
 
     page.keyboard.press("Control+s")
-    page.wait_for_function("document.querySelector('[data-save-status]').textContent.includes('Saved as version 2')")
+    wait_until(page, "document.querySelector('[data-save-status]').textContent.includes('Saved as version 2')")
     assert page.inner_text("[data-version-count]") == "2"
     page.check("[data-toggle=model-mask]")
     page.check("[data-toggle=cam-resnet50]")
@@ -226,7 +236,7 @@ def test_job_and_fine_tuning_progress_follow_the_api_and_the_page_reloads_when_t
         page.goto(f"{live_server.url}{url}")
         selector = f'tr[data-poll-url="{row}"]'
         advance()
-        page.wait_for_function(f"document.querySelector('{selector} progress').value === 0.5")
+        wait_until(page, f"document.querySelector('{selector} progress').value === 0.5")
         assert page.inner_text(f"{selector} [data-field=status]") == "running"
         with page.expect_navigation():  # the page reloads itself once the work has ended
             finish()
@@ -249,13 +259,13 @@ def test_a_stale_save_keeps_the_drawing_and_can_go_on_top(team, live_server, bro
                               format="multipart")
 
     page.keyboard.press("Control+s")
-    page.wait_for_function("document.querySelector('[data-save-status]').dataset.kind === 'error'")
+    wait_until(page, "document.querySelector('[data-save-status]').dataset.kind === 'error'")
     assert "version 2 is now the latest" in page.inner_text("[data-save-status]")
     assert bit(page, 225, 150) == 1, "the drawing is still on screen"
     assert list(Image.objects.get(pk=image.pk).masks.values_list("version", flat=True)) == [1, 2]
 
     page.click("[data-save-on-top]")
-    page.wait_for_function("document.querySelector('[data-save-status]').textContent.includes('Saved as version 3')")
+    wait_until(page, "document.querySelector('[data-save-status]').textContent.includes('Saved as version 3')")
 
     # The history shows the three versions side by side.
     page.click("text=Versions")
@@ -267,6 +277,31 @@ def test_a_stale_save_keeps_the_drawing_and_can_go_on_top(team, live_server, bro
     versions = {m.version: m for m in Image.objects.get(pk=image.pk).masks.all()}
     assert np.array_equal(mask_array(versions[2]), theirs), "their version is kept as it was"
     assert versions[3].parent == versions[2] and mask_array(versions[3])[150, 225]
+
+
+def test_every_page_and_the_api_docs_run_under_the_content_security_policy(team, live_server, browser,
+                                                                           transactional_db):
+    image = annotated_image(team.project, "scan.png", picture=SCAN, flagged=True, box=MODEL_BOX)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.add_init_script("window.cspViolations = []; document.addEventListener('securitypolicyviolation', "
+                         "e => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));")
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button:has-text(\"Log in\")")
+    page.wait_for_url(f"{live_server.url}/")
+    for url, ready in [
+        ("/", "main"), (f"/projects/{team.project.pk}/", "main"), (f"/projects/{team.project.pk}/models/", "main"),
+        (f"/projects/{team.project.pk}/dashboard/", "main"), ("/review/", "table.grid"),
+        (f"/review/images/{image.pk}/", "[data-stage]"), (f"/review/images/{image.pk}/history/", "article.card"),
+        ("/admin/", "#content"), ("/api/docs/", ".opblock"),  # Swagger UI drew the operations: its scripts ran
+    ]:
+        page.goto(f"{live_server.url}{url}")
+        page.wait_for_selector(ready)
+        if url == f"/review/images/{image.pk}/":
+            editor_ready(page, 40 * 40)  # the editor's modules ran and drew the model's mask
+        assert page.evaluate("window.cspViolations") == [], url
+    page.close()
 
 
 def _png_file(mask):

@@ -119,10 +119,10 @@ def test_the_image_runs_as_a_non_root_user_with_collected_static_files_and_pinne
 def settings_from(env: dict[str, str], tmp_path) -> dict:
     """Settings as config/settings.py computes them from `env` alone, in a fresh interpreter."""
     names = ["DEBUG", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE",
-             "LOG_FORMAT"]
+             "LOG_FORMAT", "SECURE_HSTS_SECONDS", "SECURE_SSL_REDIRECT", "AXES_FAILURE_LIMIT", "AXES_COOLOFF_TIME"]
     code = ("import json, config.settings as s; "
-            f"print(json.dumps({{n: getattr(s, n) for n in {names}}} | "
-            "{'SECURE_PROXY_SSL_HEADER': getattr(s, 'SECURE_PROXY_SSL_HEADER', None)}))")
+            f"print(json.dumps({{n: getattr(s, n, None) for n in {names}}} | "
+            "{'SECURE_PROXY_SSL_HEADER': getattr(s, 'SECURE_PROXY_SSL_HEADER', None)}, default=str))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                             env={"PATH": os.environ["PATH"], "VAR_DIR": str(tmp_path), **env})
     return json.loads(result.stdout)
@@ -143,3 +143,18 @@ def test_https_settings_secure_the_cookies_and_trust_the_proxy_header(tmp_path):
     assert loaded["SESSION_COOKIE_SECURE"] and loaded["CSRF_COOKIE_SECURE"]
     assert loaded["SECURE_PROXY_SSL_HEADER"] == ["HTTP_X_FORWARDED_PROTO", "https"]
     assert loaded["CSRF_TRUSTED_ORIGINS"] == ["https://annotator.example.org"]
+
+
+def test_hsts_and_the_https_redirect_are_off_unless_the_environment_turns_them_on(tmp_path):
+    plain = settings_from({}, tmp_path)
+    assert (plain["SECURE_HSTS_SECONDS"], plain["SECURE_SSL_REDIRECT"]) == (0, False)  # the demo runs on plain HTTP
+    https = settings_from({"SECURE_HSTS_SECONDS": "31536000", "SECURE_SSL_REDIRECT": "1"}, tmp_path)
+    assert (https["SECURE_HSTS_SECONDS"], https["SECURE_SSL_REDIRECT"]) == (31536000, True)
+
+
+def test_login_throttling_defaults_to_ten_failures_and_a_fifteen_minute_cool_off_set_from_the_environment(tmp_path):
+    default = settings_from({}, tmp_path)
+    assert (default["AXES_FAILURE_LIMIT"], default["AXES_COOLOFF_TIME"]) == (10, "0:15:00")
+    stricter = settings_from({"LOGIN_FAILURE_LIMIT": "5", "LOGIN_COOLOFF_MINUTES": "60"}, tmp_path)
+    assert (stricter["AXES_FAILURE_LIMIT"], stricter["AXES_COOLOFF_TIME"]) == (5, "1:00:00")
+    assert settings_from({"LOGIN_COOLOFF_MINUTES": "0"}, tmp_path)["AXES_COOLOFF_TIME"] is None  # locked until unlocked

@@ -1,4 +1,5 @@
 """Exports: COCO with RLE (exact) or polygons (close), the dataset zip, their filters, and the round trips back in."""
+import csv
 import io
 import json
 import zipfile
@@ -100,6 +101,31 @@ def test_coco_polygons_cover_realistic_lesion_masks_closely(team, tmp_path):
         assert annotation["area"] == stored.sum()  # area and bbox are the exact mask's
 
 
+def ring(size, inner, outer) -> np.ndarray:
+    """A ring around the image's centre: what polygons, read as a union by COCO tools, cannot draw."""
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width]
+    radius = np.hypot(ys - height / 2, xs - width / 2)
+    return (radius >= inner) & (radius < outer)
+
+
+def test_coco_polygons_keep_the_hole_of_a_ring(team, tmp_path):
+    size = (120, 100)
+    holed = [approved(team, "ring.png", ring(size, 20, 40), size),
+             approved(team, "pinhole.png", ring(size, 1.5, 30), size)]  # a hole of a few pixels
+    solid = approved(team, "solid.png", lesion_blob(size, 1), size)
+    coco = coco_get(team, tmp_path, format="polygon")
+    for image in holed + [solid]:
+        image.refresh_from_db()
+        (annotation,) = coco.loadAnns(coco.getAnnIds(imgIds=[image.pk]))
+        stored = mask_array(image.approved_mask)
+        decoded = coco.annToMask(annotation).astype(bool)
+        assert (decoded & stored).sum() / (decoded | stored).sum() >= 0.96, image.original_name
+        assert not decoded[stored.shape[0] // 2, stored.shape[1] // 2] or image == solid  # the hole stays a hole
+    (annotation,) = coco.loadAnns(coco.getAnnIds(imgIds=[solid.pk]))
+    assert isinstance(annotation["segmentation"], list)  # a mask without a hole stays polygons
+
+
 def test_pending_exports_the_latest_version_and_rejected_exports_images_without_masks(team, tmp_path):
     waiting = drawn(team, "waiting.png", lesion_blob((80, 60), 1), (80, 60))
     unannotated = Image.objects.create(project=team.project, sha256="0" * 64, file=waiting.file.name,
@@ -148,6 +174,26 @@ def test_label_and_review_date_filters(team, tmp_path):
     assert sources == {lesion.pk: "predicted", relabelled.pk: "reviewed", uploaded.pk: "upload"}
 
 
+@pytest.mark.parametrize("value", ["20260105", "2026-W02-1", "2026-1-5", "2026-01-05T00:00", "٢٠٢٦-٠١-٠٥"])
+def test_review_dates_other_than_yyyy_mm_dd_are_refused_by_name(team, value):
+    for name in ("reviewed_from", "reviewed_to"):
+        response = team.api(team.admin).get(f"/api/projects/{team.project.pk}/export/coco/", {name: value})
+        assert response.status_code == 400 and set(response.json()) == {name}, value
+
+
+def test_a_review_date_range_that_ends_before_it_starts_is_refused(team):
+    approved(team, "a.png", lesion_blob((64, 64), 1), (64, 64))
+    dates = {"reviewed_from": "2026-01-06", "reviewed_to": "2026-01-05"}
+    for kind in ("coco", "png"):
+        response = team.api(team.admin).get(f"/api/projects/{team.project.pk}/export/{kind}/", dates)
+        assert response.status_code == 400 and "reviewed_to" in response.json()["reviewed_from"]
+    page = team.client(team.admin)
+    response = page.get(f"/projects/{team.project.pk}/export/coco.json", dates)
+    assert response.status_code == 302 and "is after reviewed_to" in page.get(response.url).content.decode()
+    one_day = {"reviewed_from": "2026-01-05", "reviewed_to": "2026-01-05"}
+    assert team.api(team.admin).get(f"/api/projects/{team.project.pk}/export/coco/", one_day).status_code == 200
+
+
 def test_bad_options_are_refused_by_name(team):
     approved(team, "a.png", lesion_blob((64, 64), 1), (64, 64))
     response = team.api(team.admin).get(f"/api/projects/{team.project.pk}/export/coco/",
@@ -184,6 +230,22 @@ def test_dataset_zip_holds_the_original_images_their_masks_labels_and_an_index(t
         mask = np.asarray(PILImage.open(io.BytesIO(archive.read(entry["mask"]))))
         assert set(np.unique(mask)) == {0, 255}
         assert np.array_equal(mask > 0, mask_array(image.approved_mask))
+
+
+def test_labels_csv_quotes_file_names_a_spreadsheet_would_run_as_formulas_and_imports_them_again(team, tmp_path):
+    formulas = ["=HYPERLINK(1).png", "+1.png", "-2.png", "@SUM(A1).png", "\tTab.png", "\rReturn.png", "'=quoted.png"]
+    for i, name in enumerate(formulas + ["plain.png"]):  # sizes differ: the import would take one file once only
+        approved(team, name, lesion_blob((64 + i, 64), i), (64 + i, 64), label="normal")
+    path = tmp_path / "dataset.zip"
+    path.write_bytes(export_get(team, "png"))
+    rows = list(csv.reader(io.StringIO(zipfile.ZipFile(path).read("labels.csv").decode(), newline="")))
+    assert rows[1:] == [[f"'{name}", "normal"] for name in formulas] + [["plain.png", "normal"]]
+
+    copy = Project.objects.create(name="Copy", classes=["normal", "lesion"], healthy_class="normal")
+    job = upload_ingest(copy, zip_entries(path), "dataset.zip")
+    assert (job.imported, job.errors) == (len(formulas) + 1, [])
+    assert {image.original_name: image.label for image in copy.images.all()} == dict.fromkeys(
+        formulas + ["plain.png"], "normal")
 
 
 def test_index_values_mark_each_mask_with_its_class(team):

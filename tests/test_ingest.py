@@ -11,7 +11,7 @@ import numpy as np
 from django.conf import settings
 from django.core.files.uploadedfile import TemporaryUploadedFile
 from PIL import Image as PILImage
-from pydicom.uid import JPEGLSLossless, generate_uid
+from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, generate_uid
 
 from annotator.ingest import services as ingest_services
 from annotator.ingest.archive import zip_entries
@@ -256,6 +256,11 @@ def test_reference_masks_come_with_the_upload_apart_from_model_output(team, sett
     assert api.get(f"/api/images/{images['c.png'].pk}/reference.png").status_code == 404
 
 
+def test_a_reference_mask_that_is_no_image_is_reported_in_words(team):
+    job = upload(team, zip_of({"a.png": png_bytes(), "masks/a_mask.png": b"not a picture"})).json()
+    assert job["errors"] == [{"name": "masks/a_mask.png", "reason": "not a PNG image; a.png has no reference mask"}]
+
+
 def test_a_reupload_fills_in_what_was_missing_and_overwrites_nothing(team):
     size = (64, 48)
     scan = png_bytes(value=10)
@@ -368,3 +373,13 @@ def test_unusable_dicom_files_are_rejected_by_name(team, settings):
     assert "PALETTE COLOR is not supported" in reasons["colour-map.dcm"]
     assert "unusable DICOM attributes" in reasons["bad-slope.dcm"]
     assert job["imported"] == 1
+
+
+def test_dicom_pixel_data_no_decoder_can_read_is_reported_in_words(team, settings):
+    settings.IMAGE_MAX_PIXELS = 100
+    files = {"broken-jpeg.dcm": dicom_bytes(CT_PIXELS, compressed_syntax=JPEGBaseline8Bit),
+             "huge.dcm": dicom_bytes(np.zeros((20, 20), dtype=np.uint16))}
+    reasons = {e["name"]: e["reason"] for e in upload(team, zip_of(files)).json()["errors"]}
+    assert reasons["broken-jpeg.dcm"].startswith("corrupt or truncated pixel data (")
+    assert "cannot identify image file" in reasons["broken-jpeg.dcm"] and "object at" not in reasons["broken-jpeg.dcm"]
+    assert reasons["huge.dcm"] == "20x20 pixels is over the limit of 100 (possible decompression bomb)"  # said once

@@ -62,7 +62,17 @@ def test_bad_masks_are_refused_with_a_reason(team):
 
     garbage = client.post(f"/api/images/{image.pk}/masks/",
                           {"file": SimpleUploadedFile("m.png", b"garbage", "image/png")}, format="multipart")
-    assert garbage.status_code == 400 and "not a readable PNG" in garbage.json()["file"][0]
+    assert garbage.status_code == 400 and garbage.json()["file"] == ["not a PNG image"]
+    assert image.masks.count() == 1
+
+
+def test_a_text_file_as_a_mask_is_refused_in_words_without_python_internals(team):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    image = annotated_image(team.project)
+    response = team.api(team.radiologist).post(f"/api/images/{image.pk}/masks/", {
+        "file": SimpleUploadedFile("notes.png", b"filename,label\nscan.png,lesion\n", "image/png")}, format="multipart")
+    assert response.status_code == 400 and response.json()["file"] == ["not a PNG image"]
     assert image.masks.count() == 1
 
 

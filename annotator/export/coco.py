@@ -1,4 +1,5 @@
-"""COCO JSON: one image per exported image, one annotation per non-empty mask, as RLE (exact) or polygons."""
+"""COCO JSON: one image per exported image, one annotation per non-empty mask, as RLE (exact) or polygons (close;
+RLE where the mask has a hole)."""
 from __future__ import annotations
 
 import io
@@ -25,7 +26,8 @@ POLYGON_TOLERANCE = 0.5
 
 def coco_export_write(project: Project, options: ExportOptions, target: BinaryIO) -> None:
     """COCO JSON into `target`: one image per exported image, one annotation per non-empty mask, categories from
-    the project's classes (ids as in `class_indices`). RLE is the exact mask; polygons are its traced outlines."""
+    the project's classes (ids as in `class_indices`). RLE is the exact mask; polygons are its traced outlines, or
+    RLE for a mask with a hole."""
     out = io.TextIOWrapper(target, encoding="utf-8", newline="\n")
     categories = [{"id": index, "name": name, "supercategory": "diagnosis"}
                   for name, index in class_indices(project).items()]
@@ -61,8 +63,7 @@ def _coco_annotation(project, image, mask, array, annotation_id, segmentation) -
         "id": annotation_id,
         "image_id": image.id,
         "category_id": class_index(project, image.export_label),
-        "segmentation": (mask_polygons(array) if segmentation == "polygon"
-                         else {"size": rle["size"], "counts": rle["counts"].decode("ascii")}),
+        "segmentation": _segmentation(array, rle, segmentation),
         "area": float(coco_mask.area(rle)),
         "bbox": [float(v) for v in coco_mask.toBbox(rle)],
         "iscrowd": 0,
@@ -76,16 +77,26 @@ def _coco_annotation(project, image, mask, array, annotation_id, segmentation) -
     }
 
 
-def mask_polygons(mask: np.ndarray) -> list[list[float]]:
-    """The outer outlines of the mask's regions as COCO polygons, approximate: holes are filled, and the outline
-    is simplified by up to POLYGON_TOLERANCE pixels.
+def _segmentation(array, rle, segmentation) -> list[list[float]] | dict:
+    """Polygons if they were asked for and can draw the mask; otherwise RLE, exact (so for a mask with a hole)."""
+    polygons = mask_polygons(array) if segmentation == "polygon" else None
+    return polygons if polygons is not None else {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def mask_polygons(mask: np.ndarray) -> list[list[float]] | None:
+    """The outlines of the mask's regions as COCO polygons, simplified by up to POLYGON_TOLERANCE pixels; None for a
+    mask with a hole, which they cannot draw: COCO tools (pycocotools' frPyObjects and merge) read the polygons of one
+    annotation as a union, so a hole's outline would be filled, not cut out.
 
     Traced on the mask scaled up twice, each outline point lies a quarter pixel inside the region's pixel edges,
     which pycocotools rasterises back to the same pixels (tracing at scale 1 would put the outline through the
     boundary pixels' centres and lose about half of them)."""
     height, width = mask.shape
     doubled = cv2.resize(mask.astype(np.uint8), (2 * width, 2 * height), interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours(doubled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # Two levels: the regions' outer outlines, and inside them the holes' (their parent is an outer outline).
+    contours, hierarchy = cv2.findContours(doubled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if contours and (hierarchy[0][:, 3] >= 0).any():
+        return None
     polygons = []
     for contour in contours:
         simplified = cv2.approxPolyDP(contour, 2 * POLYGON_TOLERANCE, closed=True)

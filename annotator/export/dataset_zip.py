@@ -18,6 +18,7 @@ from PIL import Image as PILImage
 from annotator.export.json_array import JsonArrayWriter
 from annotator.export.options import ExportOptions
 from annotator.export.selectors import class_index, class_indices, export_rows
+from annotator.ingest.labels import csv_cell_escape
 from annotator.models import Project
 from annotator.png import mask_file_read
 
@@ -25,7 +26,8 @@ from annotator.png import mask_file_read
 def dataset_zip_write(project: Project, options: ExportOptions, target: BinaryIO) -> None:
     """A zip that `ingest` imports again: `images/<name>` (the original files), `masks/<stem>.png` per image with a
     mask (0/255, or with `values=index` the class index of the image's label on its foreground), `labels.csv`
-    (filename,label) and `index.json` (what each file is, and what the mask values mean)."""
+    (filename,label; a cell a spreadsheet would run as a formula is quoted, see `csv_cell_escape`) and `index.json`
+    (what each file is, and what the mask values mean)."""
     indices = class_indices(project)
     legend = ({"background": 0, "foreground": 255} if options.values == "binary"
               else {"background": 0, "classes": indices})
@@ -47,7 +49,7 @@ def dataset_zip_write(project: Project, options: ExportOptions, target: BinaryIO
                 mask_name = f"masks/{PurePosixPath(file_name).stem}.png"
                 with archive.open(_stored(mask_name), "w") as out:
                     _mask_png_write(mask, class_index(project, image.export_label), options.values, out)
-            labels.writerow([file_name, image.export_label])
+            labels.writerow([csv_cell_escape(file_name), csv_cell_escape(image.export_label)])
             entries.add({"image_id": image.id, "file_name": f"images/{file_name}", "mask": mask_name,
                          "original_name": image.original_name, "sha256": image.sha256, "label": image.export_label,
                          "label_source": image.export_label_source or None, "review_status": image.review_status,

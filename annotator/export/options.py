@@ -1,6 +1,7 @@
 """What to export, from the query parameters of the page's form or the API."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date
 
@@ -9,6 +10,7 @@ from annotator.models import Image, Project
 SEGMENTATIONS = ("rle", "polygon")
 MASK_VALUES = ("binary", "index")
 STATUSES = tuple(Image.ReviewStatus.values)
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # YYYY-MM-DD in ASCII digits, nothing else
 
 
 class ExportOptionsError(ValueError):
@@ -34,7 +36,8 @@ class ExportOptions:
 
 def export_options_parse(params, project: Project) -> ExportOptions:
     """Options from query parameters (`status`, `label`, `reviewed_from`, `reviewed_to`, `format`, `values`);
-    empty ones take the default. Every bad one is named in ExportOptionsError."""
+    empty ones take the default. Every bad one is named in ExportOptionsError, and so is a date range that ends before
+    it starts."""
     errors = {}
 
     def choice(name, choices, default):
@@ -44,17 +47,25 @@ def export_options_parse(params, project: Project) -> ExportOptions:
         return value
 
     def day(name):
-        try:
-            return date.fromisoformat(params[name]) if params.get(name) else None
-        except ValueError:
-            errors[name] = "a date as YYYY-MM-DD"
+        value = params.get(name)
+        if not value:
             return None
+        try:
+            if DAY.fullmatch(value):  # fromisoformat alone would also take 20260105 and 2026-W02-1
+                return date.fromisoformat(value)
+        except ValueError:  # no such day, e.g. 2026-02-30
+            pass
+        errors[name] = "a date as YYYY-MM-DD"
+        return None
 
     label = params.get("label") or ""
     if label and label not in project.classes:
         errors["label"] = f"one of the project's classes: {', '.join(project.classes)}"
+    reviewed_from, reviewed_to = day("reviewed_from"), day("reviewed_to")
+    if reviewed_from and reviewed_to and reviewed_from > reviewed_to:
+        errors["reviewed_from"] = f"{reviewed_from} is after reviewed_to ({reviewed_to})"
     options = ExportOptions(status=choice("status", STATUSES, Image.ReviewStatus.APPROVED), label=label,
-                            reviewed_from=day("reviewed_from"), reviewed_to=day("reviewed_to"),
+                            reviewed_from=reviewed_from, reviewed_to=reviewed_to,
                             segmentation=choice("format", SEGMENTATIONS, "rle"),
                             values=choice("values", MASK_VALUES, "binary"))
     if errors:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,9 @@ from annotator.png import png_encode
 DICOM_MAGIC = b"DICM"  # after the 128-byte preamble of a DICOM file
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
+# A Python object as the decoders' messages name it, e.g. Pillow's "cannot identify image file <_io.BytesIO object at
+# 0x7f…>": nothing a person can act on.
+OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")
 PATIENT_KEY_LENGTH = 32  # hex characters: 128 bits, plenty to group patients, too short to matter if leaked
 
 
@@ -61,6 +65,8 @@ def dicom_convert(data: bytes, max_pixels: int) -> DicomPicture:
     _check_decodable(dataset)
     try:
         return _picture_from(dataset, max_pixels)
+    except DicomError:
+        raise  # says what is wrong already
     except (ValueError, TypeError, ArithmeticError) as error:  # e.g. a RescaleSlope of "abc"
         raise DicomError(f"unusable DICOM attributes ({type(error).__name__}: {error})") from error
 
@@ -77,7 +83,8 @@ def _picture_from(dataset, max_pixels: int) -> DicomPicture:
     try:
         pixels = pixel_array(dataset, index=frames // 2 if frames > 1 else None)
     except Exception as error:  # pydicom's decoders raise many kinds; any of them means unusable pixel data
-        raise DicomError(f"corrupt or truncated pixel data ({type(error).__name__}: {error})") from error
+        reason = OBJECT_REPR.sub("", str(error))
+        raise DicomError(f"corrupt or truncated pixel data ({type(error).__name__}: {reason})") from error
     picture = _grayscale_8bit(pixels, dataset) if photometric in GRAYSCALE else _colour_8bit(pixels)
     return DicomPicture(
         png=png_encode(picture), width=picture.width, height=picture.height,

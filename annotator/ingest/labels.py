@@ -8,6 +8,22 @@ from django.conf import settings
 
 from annotator.ingest.archive import UploadContents, UploadError, path_of
 
+# What a spreadsheet reads as the start of a formula (OWASP, CSV injection); a single quote in front makes it text.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+TEXT_QUOTE = "'"
+QUOTED_START = FORMULA_START + (TEXT_QUOTE,)  # a leading quote is quoted too, so that quoting can be undone
+
+
+def csv_cell_escape(value: str) -> str:
+    """`value` as a CSV cell that a spreadsheet shows as text and never runs as a formula."""
+    return TEXT_QUOTE + value if value.startswith(QUOTED_START) else value
+
+
+def csv_cell_unescape(value: str) -> str:
+    """The cell as it was before csv_cell_escape: an exported labels.csv imports with its file names unchanged."""
+    quoted = value.startswith(TEXT_QUOTE) and value[1:].startswith(QUOTED_START)
+    return value[1:] if quoted else value
+
 
 def labels_parse(data: bytes) -> dict[str, str]:
     """File name to label; UploadError when the CSV cannot be used at all."""
@@ -21,7 +37,8 @@ def labels_parse(data: bytes) -> dict[str, str]:
         if not {"filename", "label"} <= set(columns):
             raise UploadError(f"needs a header with 'filename' and 'label' columns (found {columns}); "
                               "no labels were applied")
-        return {path_of(row["filename"] or "").name: (row["label"] or "").strip() for row in reader}
+        return {path_of(csv_cell_unescape(row["filename"] or "")).name: csv_cell_unescape(row["label"] or "").strip()
+                for row in reader}
     except csv.Error as error:
         raise UploadError(f"not a readable CSV ({error}); no labels were applied") from error
 
