@@ -12,10 +12,10 @@ from annotator import access
 from annotator.masks.services import StaleMaskError, mask_restore, mask_upload
 from annotator.png import MaskError
 from annotator.serializers import ImageListSerializer, ImageSerializer, MaskSerializer
-from annotator.validation import request_validated
+from annotator.validation import query_validated, request_validated
 from review import selectors, services
 from review.serializers import (ApproveRequestSerializer, DecisionRequestSerializer, MaskUploadRequestSerializer,
-                                RestoreRequestSerializer, StaleMaskSerializer)
+                                RestoreRequestSerializer, ReviewQueueQuerySerializer, StaleMaskSerializer)
 
 STALE = OpenApiResponse(StaleMaskSerializer, description="a newer version was saved since `parent_version`")
 
@@ -103,11 +103,11 @@ def _decision_response(request, decide, image, data, **options):
     return Response(ImageSerializer(image, context={"request": request}).data)
 
 
+@extend_schema(parameters=[ReviewQueueQuerySerializer])
 class ReviewQueueApi(generics.ListAPIView):
     serializer_class = ImageListSerializer
 
     def get_queryset(self):
-        project = None
-        if self.request.query_params.get("project"):
-            project = access.project_get(self.request.user, self.request.query_params["project"])
+        project_id = query_validated(self.request, ReviewQueueQuerySerializer).get("project")
+        project = access.project_get(self.request.user, project_id) if project_id is not None else None
         return selectors.review_queue(self.request.user, project)

@@ -1,4 +1,5 @@
-"""Request bodies of the review API (validated with these, and documented by them), and its 409 body."""
+"""Request bodies and query strings of the review API (validated with these, and documented by them), and its 409
+body."""
 from rest_framework import serializers
 
 
@@ -21,6 +22,10 @@ class ApproveRequestSerializer(DecisionRequestSerializer):
     mask = serializers.IntegerField(required=False, help_text="id of the mask version to approve; default the latest")
     mask_version = serializers.IntegerField(required=False, help_text="the latest version the caller has seen: "
                                             "409 if a newer one was saved since, and nothing is approved")
+
+
+class ReviewQueueQuerySerializer(serializers.Serializer):
+    project = serializers.IntegerField(required=False, help_text="only this project's images")
 
 
 class StaleMaskSerializer(serializers.Serializer):

@@ -1,6 +1,5 @@
 """The radiologist's pages: the queue and one image with the ensemble's evidence."""
 from django.contrib import messages
-from django.core.exceptions import BadRequest
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -10,23 +9,25 @@ from annotator import access
 from annotator.masks.selectors import mask_latest, mask_versions
 from annotator.masks.services import StaleMaskError, mask_restore
 from annotator.models import Mask
-from annotator.pages import action_report
+from annotator.pages import action_report, form_data, form_errors_text
 from annotator.png import MaskError
 from annotator.projects.selectors import projects_listed
 from review import selectors, services
+from review.forms import ApproveForm, DecisionForm, NextForm, QueueFilterForm, RestoreForm
 
 
 QUEUE_PAGE_ROWS = 50
 
 
 def queue(request):
-    project = None
-    if request.GET.get("project"):
-        project = access.project_get(request.user, request.GET["project"])
+    form = QueueFilterForm(request.GET)
+    if not form.is_valid():  # typed filters: a wrong one is said and left out, the others still apply
+        messages.error(request, f"Filter not applied: {form_errors_text(form)}")
+    filters = form.cleaned_data
+    project = access.project_get(request.user, filters["project"]) if filters.get("project") is not None else None
     images, counts = selectors.review_listing(
-        request.user, timezone.now(), project, status=request.GET.get("status", ""),
-        label=request.GET.get("label", ""), uncertainty_min=_number(request.GET.get("min")),
-        uncertainty_max=_number(request.GET.get("max")), reviewer=request.GET.get("reviewer", ""))
+        request.user, timezone.now(), project, status=filters.get("status", ""), label=filters.get("label", ""),
+        uncertainty_min=filters.get("min"), uncertainty_max=filters.get("max"), reviewer=filters.get("reviewer", ""))
     page = Paginator(images, QUEUE_PAGE_ROWS).get_page(request.GET.get("page"))
     return render(request, "review/queue.html", {
         "images": page.object_list,
@@ -40,26 +41,12 @@ def queue(request):
     })
 
 
-def _is_number(text) -> bool:
-    """Digits that int() reads: str.isdigit() also accepts the likes of "²"."""
-    return bool(text) and text.isascii() and text.isdigit()
-
-
-def _number(text):
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
-
-
 @require_POST
 def take_next(request):
     """Claim the next image nobody else holds and open it (a POST: claiming changes state)."""
-    project = None
-    if request.GET.get("project"):
-        project = access.project_get(request.user, request.GET["project"])
-    skip = request.GET.get("skip")
-    image = services.image_claim_next(request.user, project, skip=int(skip) if _is_number(skip) else None)
+    asked = form_data(NextForm(request.GET))
+    project = access.project_get(request.user, asked["project"]) if asked["project"] is not None else None
+    image = services.image_claim_next(request.user, project, skip=asked["skip"])
     if image is None:
         messages.info(request, "Nothing waits for review that another reviewer is not already on.")
         return redirect("review-queue")
@@ -91,24 +78,12 @@ def image_history(request, pk):
     })
 
 
-def _posted_version(request, name):
-    """A version number from the form, or None when the form has none."""
-    text = request.POST.get(name, "")
-    if not text:
-        return None
-    if not _is_number(text):
-        raise BadRequest(f"{name} must be a version number")
-    return int(text)
-
-
-def _decide(request, pk, decide, verb, **options):
-    image = access.image_for_review(request.user, pk)
+def _decide(request, image, decide, verb, posted, **options):
     try:
-        decide(image, request.user, comment=request.POST.get("comment", ""), label=request.POST.get("label", ""),
-               **options)
+        decide(image, request.user, comment=posted["comment"], label=posted["label"], **options)
     except (services.ReviewError, StaleMaskError) as error:
         messages.error(request, str(error))
-        return redirect("review-image", pk=pk)
+        return redirect("review-image", pk=image.pk)
     messages.success(request, f"{image.original_name} {verb}.")
     following = services.image_claim_next(request.user, image.project)
     return redirect("review-image", pk=following.pk) if following else redirect("review-queue")
@@ -116,20 +91,23 @@ def _decide(request, pk, decide, verb, **options):
 
 @require_POST
 def approve(request, pk):
+    image = access.image_for_review(request.user, pk)
+    posted = form_data(ApproveForm(request.POST))
     # The page posts the version it showed, so a version saved on top meanwhile is never approved unseen.
-    return _decide(request, pk, services.image_approve, "approved",
-                   seen_version=_posted_version(request, "mask_version"))
+    return _decide(request, image, services.image_approve, "approved", posted, seen_version=posted["mask_version"])
 
 
 @require_POST
 def reject(request, pk):
-    return _decide(request, pk, services.image_reject, "rejected")
+    image = access.image_for_review(request.user, pk)
+    return _decide(request, image, services.image_reject, "rejected", form_data(DecisionForm(request.POST)))
 
 
 @require_POST
 def requeue(request, pk):
     image = access.image_for_review(request.user, pk)
-    action_report(request, lambda: services.image_requeue(image, request.user, comment=request.POST.get("comment", "")),
+    comment = form_data(DecisionForm(request.POST))["comment"]
+    action_report(request, lambda: services.image_requeue(image, request.user, comment=comment),
                   (services.ReviewError,), lambda image: f"{image.original_name} is back in the review queue.")
     return redirect("review-image", pk=pk)
 
@@ -138,7 +116,7 @@ def requeue(request, pk):
 def restore(request, pk, version):
     image = access.image_for_review(request.user, pk)
     mask = get_object_or_404(image.masks, version=version)
-    parent_version = _posted_version(request, "parent_version")
+    parent_version = form_data(RestoreForm(request.POST))["parent_version"]
     action_report(request, lambda: mask_restore(image, mask, request.user, parent_version), (MaskError, StaleMaskError),
                   lambda restored: f"Version {mask.version} restored as version {restored.version}.")
     return redirect("review-image", pk=pk)

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, generate_uid
 
 from annotator.ingest import services as ingest_services
-from annotator.ingest.archive import zip_entries
+from annotator.ingest.archive import folder_entries, zip_entries
 from annotator.models import Image, Job, Mask, Study
 from tests.conftest import dicom_bytes, png_bytes, real_images, zip_of
 from tests.factories import box_mask, mask_png
@@ -117,6 +117,35 @@ def test_upload_page_shows_rejected_files(team):
     assert response.status_code == 200
     page = response.content.decode()
     assert "1 new images queued" in page and "bad.png" in page and "not an image" in page
+
+
+def test_an_upload_succeeds_while_the_broker_is_down_and_the_sweep_sends_its_job_later(
+        team, transactional_db, monkeypatch, caplog, settings):
+    from celery import current_app
+    from kombu.exceptions import OperationalError
+
+    from annotator.enqueue import JOB_ANNOTATE
+    from annotator.sweep import jobs_sweep
+
+    def broker_down(job_id):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    task = current_app.tasks[JOB_ANNOTATE]
+    monkeypatch.setattr(task, "delay", broker_down)  # rows commit for real here, so the send runs in the request
+    response = upload(team, zip_of({"a.png": png_bytes(value=1)}))
+    assert response.status_code == 201, response.content
+    page = team.client(team.admin).post(f"/projects/{team.project.pk}/upload/",
+                                        {"file": zip_of({"b.png": png_bytes(value=2)})}, follow=True)
+    assert page.status_code == 200 and "1 new images queued" in page.content.decode()
+    jobs = list(Job.objects.order_by("id"))
+    assert [(job.status, job.imported) for job in jobs] == [("queued", 1), ("queued", 1)]
+    assert all(f"{JOB_ANNOTATE} {job.pk} not sent" in caplog.text for job in jobs) and "refused" in caplog.text
+
+    sent = []
+    monkeypatch.setattr(task, "delay", sent.append)  # the broker is back, and holds no message of them
+    monkeypatch.setattr("annotator.sweep.broker_task_args", lambda name: set())
+    settings.JOB_SWEEP_GRACE_SECONDS = 0
+    assert jobs_sweep() == sent == [job.pk for job in jobs]
 
 
 def noise_png(width, height, seed=0) -> bytes:
@@ -261,6 +290,49 @@ def test_a_reference_mask_that_is_no_image_is_reported_in_words(team):
     assert job["errors"] == [{"name": "masks/a_mask.png", "reason": "not a PNG image; a.png has no reference mask"}]
 
 
+def test_names_with_control_or_formatting_characters_or_too_long_are_rejected_by_name_and_store_nothing(
+        team, media_root):
+    size = (64, 48)
+    long_name = "x" * 400 + ".png"
+    files = {
+        "new\nline.png": png_bytes(value=1), "tab\tname.png": png_bytes(value=2),
+        "evil\u202egnp.png": png_bytes(value=3), "zero\u200bwidth.png": png_bytes(value=4),
+        long_name: png_bytes(value=5), "scans\x01/inside.png": png_bytes(value=6),
+        "ok.png": png_bytes(value=7), "masks/ok_mask.png": mask_bytes(size, (0, 0, 10, 10)),
+        "masks/ok_mask\n.png": mask_bytes(size, (0, 0, 20, 20)),
+        "masks/new\nline_mask.png": mask_bytes(size, (1, 1, 5, 5)),
+    }
+    response = upload(team, zip_of(files))
+    assert response.status_code == 201, response.content
+    job = response.json()
+    reasons = {e["name"]: e["reason"] for e in job["errors"]}
+    shown = ["new\\nline.png", "tab\\tname.png", "evil\\u202egnp.png", "zero\\u200bwidth.png",
+             "scans\\x01/inside.png", "masks/ok_mask\\n.png", "masks/new\\nline_mask.png"]
+    assert set(reasons) == {*shown, long_name}
+    assert all("no control or invisible formatting characters" in reasons[name] for name in shown)
+    assert "\\u202e" in reasons["evil\\u202egnp.png"]
+    assert "404 characters long; at most 300" in reasons[long_name]
+    assert job["imported"] == 1 and [image.original_name for image in Image.objects.all()] == ["ok.png"]
+    reference = Image.objects.get().reference_mask
+    assert np.array_equal(stored_pixels(reference) > 0, box_mask(size, (0, 0, 10, 10)))  # the good mask only
+    assert len(list((media_root / "images").rglob("*.*"))) == 1  # no file of a rejected image is stored
+    page = team.client(team.admin).get(f"/projects/{team.project.pk}/").content.decode()
+    assert "evil\\u202egnp.png" in page and "\u202e" not in page
+
+
+def test_a_folder_import_rejects_the_same_names(team, tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes(png_bytes(value=1))
+    (folder / "new\nline.png").write_bytes(png_bytes(value=2))
+    masks = tmp_path / "given-masks"
+    masks.mkdir()
+    (masks / "ok\u202e_mask.png").write_bytes(mask_bytes((64, 48), (0, 0, 5, 5)))
+    job = ingest_services.upload_ingest(team.project, folder_entries(folder, masks_folder=masks), "scans")
+    assert job.imported == 1
+    assert {e["name"] for e in job.errors} == {"new\\nline.png", "given-masks/ok\\u202e_mask.png"}
+
+
 def test_a_reupload_fills_in_what_was_missing_and_overwrites_nothing(team):
     size = (64, 48)
     scan = png_bytes(value=10)
@@ -351,6 +423,15 @@ def test_dicom_studies_are_grouped_and_patients_not_identified(team):
         assert identifier not in shown, identifier
     for identifier in ("Doe", "Jane", "MRN-424242", "19700101"):
         assert identifier not in stored, identifier
+
+
+def test_dicom_text_with_control_characters_is_stored_without_them(team):
+    data = dicom_bytes(CT_PIXELS, StudyInstanceUID=generate_uid(), StudyDescription="Breast\x00 US",
+                       SeriesDescription="left\nside", Modality="US")
+    job = upload(team, zip_of({"scan.dcm": data})).json()
+    assert (job["imported"], job["errors"]) == (1, [])
+    image = Image.objects.select_related("study").get()
+    assert (image.study.name, image.series_description) == ("Breast_ US", "left_side")
 
 
 def test_unusable_dicom_files_are_rejected_by_name(team, settings):

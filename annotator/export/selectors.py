@@ -8,7 +8,7 @@ from typing import Iterator
 from django.db.models import BigIntegerField, Case, F, Q, Value, When
 
 from annotator.export.options import ExportOptions
-from annotator.ingest.archive import MASK_NAME
+from annotator.ingest.archive import MASK_NAME, name_cleaned
 from annotator.masks.selectors import mask_latest_id
 from annotator.models import Image, Mask, Project
 
@@ -84,8 +84,9 @@ def export_rows(project: Project, options: ExportOptions) -> Iterator[tuple[tupl
 def export_file_name(image, used_stems: set[str]) -> str:
     """The image's own file name with the stored file's extension, unless another exported image has its stem (masks
     are named by stem) or the import would read the stem as a mask's (`x_mask` belongs to `x`): then the image id is
-    added."""
-    path = PurePosixPath(PurePosixPath(image.original_name.replace("\\", "/")).name or f"image-{image.id}")
+    added. A character the import refuses (stored before it did) becomes `_`, so the export imports again."""
+    name = name_cleaned(PurePosixPath(image.original_name.replace("\\", "/")).name)
+    path = PurePosixPath(name or f"image-{image.id}")
     stem = path.stem
     while stem in used_stems or MASK_NAME.match(stem)["stem"] != stem:
         stem = f"{stem}-{image.id}"

@@ -2,14 +2,16 @@
 and a labels file, before anything is stored.
 
 By path: a `labels.csv` (`filename,label`) gives image-level labels; any file inside a folder named `masks` is a
-reference (ground-truth) mask; every other file is an image. Zip members are read in capped chunks whatever their
-headers claim, so neither a large upload nor a zip bomb is ever held whole in memory.
+reference (ground-truth) mask; every other file is an image. A file whose path breaks the name rule (`name_problem`)
+is reported and goes no further. Zip members are read in capped chunks whatever their headers claim, so neither a
+large upload nor a zip bomb is ever held whole in memory.
 """
 from __future__ import annotations
 
 import copy
 import re
 import sys
+import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from typing import Callable
 
 from django.conf import settings
 
+from annotator.models import Image
+
 LABELS_FILE = "labels.csv"
 MASKS_FOLDER = "masks"
 MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:_mask(?:_\d+)?)?$")  # BUSI's names: x.png, x_mask.png, x_mask_1.png
@@ -26,6 +30,10 @@ SKIPPED_PREFIXES = ("__MACOSX/",)
 EXPORT_INDEX = "index.json"  # our own PNG export's index: its images, masks/ and labels.csv carry everything
 READ_CHUNK = 1024**2
 RATIO_CHECKED_FROM = 1024**2  # a smaller member cannot hurt, whatever its compression ratio
+NAME_MAX_CHARS = Image._meta.get_field("original_name").max_length
+# What no stored name holds: control characters (Cc: newline, tab, NUL...), format characters (Cf: the bidi overrides
+# that show a name reversed, zero-width characters), surrogates (Cs) and the line and paragraph separators (Zl, Zp).
+NAME_FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
 class UploadError(Exception):
@@ -88,8 +96,12 @@ def contents_extend(contents: UploadContents, labels_file: Path | None = None,
     if masks_folder is not None:
         if not masks_folder.is_dir():
             raise UploadError(f"{masks_folder} is not a folder")
-        contents.masks += [IngestEntry(str(path.relative_to(masks_folder.parent)), partial(_file_read, path))
-                           for path in _files_under(masks_folder)]
+        for path in _files_under(masks_folder):
+            name = str(path.relative_to(masks_folder.parent))
+            if problem := name_problem(name):
+                contents.errors.append({"name": name_shown(name), "reason": problem})
+            else:
+                contents.masks.append(IngestEntry(name, partial(_file_read, path)))
     return contents
 
 
@@ -103,7 +115,9 @@ def _contents_sort(entries: list[IngestEntry]) -> UploadContents:
         path = path_of(entry.name)
         if str(path) == EXPORT_INDEX:
             continue
-        if path.name == LABELS_FILE:
+        if problem := name_problem(entry.name):
+            contents.errors.append({"name": name_shown(entry.name), "reason": problem})
+        elif path.name == LABELS_FILE:
             if contents.labels is None:
                 contents.labels = entry
             else:
@@ -168,3 +182,32 @@ def safe_path(name: str) -> PurePosixPath:
     if path.is_absolute() or ".." in path.parts:
         raise UploadError("unsafe path (absolute or with '..'); skipped")
     return path
+
+
+def name_problem(name: str) -> str | None:
+    """Why a file's path (folders included) cannot be stored as it is, or None: a character no name may hold, or a
+    file name too long for the database."""
+    if forbidden := sorted({character for character in name if _forbidden(character)}):
+        return (f"the name holds {', '.join(map(_escaped, forbidden))}; a name may hold no control or invisible "
+                "formatting characters; skipped")
+    if len(path_of(name).name) > NAME_MAX_CHARS:
+        return f"the file name is {len(path_of(name).name)} characters long; at most {NAME_MAX_CHARS}; skipped"
+    return None
+
+
+def name_shown(name: str) -> str:
+    """The name with each forbidden character written as its escape (`\\n`, `\\u202e`), as reports show it."""
+    return "".join(_escaped(c) if _forbidden(c) else c for c in name)
+
+
+def name_cleaned(name: str) -> str:
+    """The name with each forbidden character replaced by `_`: for names stored before the rule."""
+    return "".join("_" if _forbidden(c) else c for c in name)
+
+
+def _forbidden(character: str) -> bool:
+    return unicodedata.category(character) in NAME_FORBIDDEN_CATEGORIES
+
+
+def _escaped(character: str) -> str:
+    return character.encode("unicode_escape").decode("ascii")

@@ -22,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder, pixel_array
 
+from annotator.ingest.archive import name_cleaned
 from annotator.png import png_encode
 
 DICOM_MAGIC = b"DICM"  # after the 128-byte preamble of a DICOM file
@@ -149,7 +150,8 @@ def _study_name(dataset) -> str:
 
 
 def _text(dataset, keyword: str, max_length: int) -> str:
-    return str(dataset.get(keyword) or "").strip()[:max_length]
+    """The tag's text as the name rule allows it: a forged file may hide a NUL (which PostgreSQL refuses) in it."""
+    return name_cleaned(str(dataset.get(keyword) or "").strip())[:max_length]
 
 
 def _first(value) -> float | None:
