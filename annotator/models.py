@@ -62,12 +62,14 @@ WORK_STATUSES = [("QUEUED", "queued"), ("RUNNING", "running"), ("DONE", "done"),
 
 
 class BackgroundWork(models.Model):
-    """What every kind of background work records: why it failed, and when it was asked for, started and ended."""
+    """What every kind of background work records: why it failed, when it was asked for, started and ended, and when
+    its worker last said it was still on it (its lease: work whose worker went silent may be taken over)."""
 
     failure = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         abstract = True
@@ -283,7 +285,6 @@ class TrainingRun(BackgroundWork):
     result = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     images_used = models.PositiveIntegerField(default=0)
     masks_used = models.PositiveIntegerField(default=0)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self):
         return f"training {self.pk} of {self.project} ({self.status})"

@@ -1,10 +1,13 @@
-"""The sweep: a job (or fine-tuning run) the database calls queued or running, but whose message no broker holds
-any more (Redis restarted without persistence, a worker on the filesystem broker killed mid-job, a web process that
-died between its commit and the publish), is sent to the workers again. Celery beat runs it every JOB_SWEEP_SECONDS.
+"""The sweep: work the database calls unfinished that no worker is going to do is sent to the workers again. Celery
+beat runs it every JOB_SWEEP_SECONDS. That is a queued job (or a queued or running fine-tuning run) whose message no
+broker holds any more (Redis restarted without persistence, a web process that died between its commit and the
+publish), and a running job whose worker stopped beating (killed outright: Redis keeps its message unacknowledged
+until CELERY_VISIBILITY_TIMEOUT, so for a running job the broker's word does not count, only its lease).
 
 The broker and the database are not read in one atomic step, so now and then a job is sent twice (e.g. a worker took
 its message from the queue a moment before and has not yet recorded it as unacknowledged). That is harmless:
-annotation is idempotent per image and a finished job ignores its message.
+annotation is idempotent per image, a job is claimed with a conditional update, and a finished job, or one another
+worker holds, ignores its message.
 """
 import json
 import logging
@@ -15,6 +18,7 @@ from celery import current_app
 from django.conf import settings
 from django.utils import timezone
 
+from annotator.annotation.services import job_lease_expired
 from annotator.enqueue import JOB_ANNOTATE, TRAINING_RUN, task_send
 from annotator.models import Job, TrainingRun
 
@@ -22,35 +26,50 @@ log = logging.getLogger(__name__)
 
 
 def jobs_sweep() -> list[int]:
-    """Send again the queued and running annotation jobs older than JOB_SWEEP_GRACE_SECONDS that no broker message
-    holds; their ids."""
-    return _unheld_resend(Job.objects.filter(status__in=Job.UNFINISHED), JOB_ANNOTATE, "jobs")
+    """Send again the annotation jobs older than JOB_SWEEP_GRACE_SECONDS that no worker will do: queued ones that no
+    broker message holds, and running ones whose lease expired unless a message waits in the queue for them; their
+    ids. A running job whose worker beats is left to it."""
+    # The broker first: a row that finishes in between is then read as done, not as unfinished and lost.
+    messages = broker_task_args(JOB_ANNOTATE)
+    if messages is None:
+        return []
+    waiting, delivered = messages
+    unfinished = _old_enough(Job.objects.filter(status__in=Job.UNFINISHED)).exclude(pk__in=waiting)
+    unheld = list(unfinished.filter(status=Job.Status.QUEUED).exclude(pk__in=delivered).values_list("id", flat=True))
+    silent = list(unfinished.filter(job_lease_expired(timezone.now())).values_list("id", flat=True))
+    _resend(unheld, JOB_ANNOTATE, "no broker message holds jobs %s; sent them again")
+    _resend(silent, JOB_ANNOTATE, "the workers of running jobs %s stopped beating; sent them again")
+    return sorted(unheld + silent)
 
 
 def training_runs_sweep() -> list[int]:
-    """The same for fine-tuning runs: a run found running again restarts cleanly (see finetune/services.py)."""
-    unfinished = TrainingRun.objects.filter(status__in=TrainingRun.UNFINISHED)
-    return _unheld_resend(unfinished, TRAINING_RUN, "fine-tuning runs")
-
-
-def _unheld_resend(unfinished, task_name: str, what: str) -> list[int]:
-    # The broker first: a row that finishes in between is then read as done, not as unfinished and lost.
-    held = broker_task_args(task_name)
-    if held is None:
+    """The same for fine-tuning runs, by the broker's word alone: a run found running again restarts cleanly (see
+    finetune/services.py)."""
+    messages = broker_task_args(TRAINING_RUN)
+    if messages is None:
         return []
-    cutoff = timezone.now() - timedelta(seconds=settings.JOB_SWEEP_GRACE_SECONDS)
-    lost = [pk for pk in unfinished.filter(created_at__lt=cutoff).order_by("id").values_list("id", flat=True)
-            if pk not in held]
-    for pk in lost:
-        task_send(task_name, pk)
-    if lost:
-        log.warning("sweep: no broker message holds %s %s; sent them again", what, lost)
+    waiting, delivered = messages
+    unfinished = _old_enough(TrainingRun.objects.filter(status__in=TrainingRun.UNFINISHED))
+    lost = list(unfinished.exclude(pk__in=waiting | delivered).values_list("id", flat=True))
+    _resend(lost, TRAINING_RUN, "no broker message holds fine-tuning runs %s; sent them again")
     return lost
 
 
-def broker_task_args(task_name: str) -> set | None:
-    """The first argument of each message of the task that the broker holds, waiting in the task's queue or
-    delivered to a worker and not yet acknowledged; None for a kind of broker this cannot look into."""
+def _old_enough(unfinished):
+    cutoff = timezone.now() - timedelta(seconds=settings.JOB_SWEEP_GRACE_SECONDS)
+    return unfinished.filter(created_at__lt=cutoff).order_by("id")
+
+
+def _resend(ids: list[int], task_name: str, message: str) -> None:
+    for pk in ids:
+        task_send(task_name, pk)
+    if ids:
+        log.warning("sweep: " + message, ids)
+
+
+def broker_task_args(task_name: str) -> tuple[set, set] | None:
+    """The first argument of each message of the task that the broker holds: those waiting in the task's queue, and
+    those delivered to a worker and not yet acknowledged; None for a kind of broker this cannot look into."""
     app = current_app
     queue = app.amqp.router.route({}, task_name)["queue"].name
     with app.connection_for_read() as connection:
@@ -61,17 +80,22 @@ def broker_task_args(task_name: str) -> set | None:
             # other. Nothing here sets a priority, so all messages are in the queue's own list.
             with channel.conn_or_acquire() as client:
                 waiting, unacked = client.pipeline().lrange(queue, 0, -1).hvals(channel.unacked_key).execute()
-            payloads = [json.loads(raw) for raw in waiting] + [json.loads(raw)[0] for raw in unacked]
+            waiting, delivered = [json.loads(raw) for raw in waiting], [json.loads(raw)[0] for raw in unacked]
         elif driver == "filesystem":
-            # A message is a file until a worker takes it; a running job's message cannot be seen, so a job that
-            # runs longer than the grace period gets one spare message, which finds it done.
-            payloads = [payload for path in Path(channel.data_folder_in).glob(f"*.{queue}.msg")
-                        if (payload := _message_file_read(path)) is not None]
+            # A message is a file until a worker takes it; a delivered one cannot be seen. A running job is judged
+            # by its lease; a running fine-tuning run gets one spare message, which finds it busy or done.
+            waiting = [payload for path in Path(channel.data_folder_in).glob(f"*.{queue}.msg")
+                       if (payload := _message_file_read(path)) is not None]
+            delivered = []
         else:
             log.warning("job sweep: cannot look into a %s broker; nothing swept", driver)
             return None
-        messages = [channel.Message(payload, channel=channel) for payload in payloads]
-        return {message.decode()[0][0] for message in messages if message.headers.get("task") == task_name}
+
+        def first_args(payloads):
+            messages = [channel.Message(payload, channel=channel) for payload in payloads]
+            return {message.decode()[0][0] for message in messages if message.headers.get("task") == task_name}
+
+        return first_args(waiting), first_args(delivered)
 
 
 def _message_file_read(path: Path) -> dict | None:

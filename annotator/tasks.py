@@ -12,8 +12,10 @@ from annotator.finetune import services as finetune
 @shared_task(bind=True, max_retries=3)
 def job_annotate_task(self, job_id: int) -> None:
     """Run the ensemble over an upload's images; retried with backoff, marked failed when retries run out."""
+    # The task's retry, or a message the broker gave back after its worker died: the lease it finds was its own.
+    takeover = self.request.retries > 0 or bool((self.request.delivery_info or {}).get("redelivered"))
     try:
-        annotation.job_annotate(job_id)
+        annotation.job_annotate(job_id, takeover=takeover)
     except annotation.EnsembleMismatch as error:
         annotation.job_fail(job_id, str(error))
     except Exception as error:

@@ -180,8 +180,9 @@ if CELERY_BROKER_URL == "filesystem://":
         (BROKER_DIR / folder).mkdir(parents=True, exist_ok=True)
 else:
     # Redis puts a message that a worker took and never acknowledged (the worker was killed) back in the queue after
-    # this many seconds. Keep it above the longest job: a job still running then is delivered again (harmless, as
-    # annotation is idempotent, but it is done twice).
+    # this many seconds. A killed worker's job does not wait for it: the sweep goes by the job's lease (below). Keep it
+    # above the longest job: one still running then is taken over by the worker its message goes to, and the first
+    # stops at its next batch (that batch computed twice, stored once).
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_TASK_IGNORE_RESULT = True  # progress lives in the database
 CELERY_TASK_ACKS_LATE = True
@@ -192,10 +193,14 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # the worker logs through LOGGING below, plain or JSON like the web
-# Celery beat (`celery -A config worker -B`, or a `celery -A config beat` of its own) sends queued or running jobs
-# again when no broker message holds them any more, e.g. after Redis restarted without persistence.
-JOB_SWEEP_SECONDS = env_int("JOB_SWEEP_SECONDS", 60)
+# Celery beat (`celery -A config worker -B`, or a `celery -A config beat` of its own) sends queued jobs again when no
+# broker message holds them any more (e.g. after Redis restarted without persistence), and running jobs whose worker
+# stopped beating. A killed worker's job is sent again within JOB_LEASE_SECONDS + JOB_SWEEP_SECONDS (90 s).
+JOB_SWEEP_SECONDS = env_int("JOB_SWEEP_SECONDS", 30)
 JOB_SWEEP_GRACE_SECONDS = env_int("JOB_SWEEP_GRACE_SECONDS", 60)  # a younger job's message may still be on its way
+# A running job's worker beats after every batch; one silent this long is taken for dead and its job for another
+# worker to take over. Keep it above the longest batch (ML_BATCH_SIZE images, and loading the ensemble first).
+JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 60)
 CELERY_BEAT_SCHEDULE = {
     "jobs-sweep": {"task": "annotator.tasks.jobs_sweep_task", "schedule": JOB_SWEEP_SECONDS,
                    "options": {"expires": JOB_SWEEP_SECONDS}},  # sweeps that waited a whole period are moot

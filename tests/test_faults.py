@@ -1,6 +1,6 @@
 """Faults the tool survives, on real PostgreSQL, and with real Celery worker processes on a real Redis: a worker
-killed mid-job, Redis restarted with jobs queued, the database unreachable for a while; and two reviewers saving the
-same mask at once.
+killed mid-job, a worker asked to stop mid-job, Redis restarted with jobs queued, the database unreachable for a
+while; and two reviewers saving the same mask at once.
 
 Each worker test runs its own throwaway redis-server, so a restart or a dead worker's leftovers touch nothing else.
 To stop a worker at a known point, the test holds back one image's mask: it inserts, and keeps uncommitted, a row
@@ -8,7 +8,9 @@ with the version the worker is about to write for that image. Django's foreign k
 not lock the image itself: the worker takes the image, writes its predictions and heatmaps, then waits on the unique
 (image, version) index in the middle of its transaction, with the images before it stored.
 """
+import base64
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -243,6 +245,13 @@ def queued_job(project, count, broker_url) -> Job:
     return job
 
 
+def waiting_job_ids(broker) -> list[int]:
+    """The job of each annotation message waiting in a Redis queue."""
+    messages = [json.loads(raw) for raw in broker.lrange("celery", 0, -1)]
+    return [json.loads(base64.b64decode(message["body"]))[0][0] for message in messages
+            if message["headers"]["task"] == job_annotate_task.name]
+
+
 @contextmanager
 def mask_held_back(image):
     """Keep the worker from finishing this image until the block ends (see the module's docstring)."""
@@ -289,13 +298,13 @@ def assert_annotated_once(job):
     assert Mask.objects.filter(image__job=job).count() == job.images.count()
 
 
-def test_a_worker_killed_mid_job_leaves_nothing_half_written_and_the_next_worker_finishes_the_job(
-        team, workers, redis_server):
+def test_a_worker_killed_mid_job_leaves_nothing_half_written_and_a_new_worker_finishes_the_job_within_2_minutes(
+        team, workers, redis_server, tmp_path):
     job = queued_job(team.project, 3, redis_server.url)
     third = job.images.order_by("id")[2]
-    # A short visibility timeout: Redis hands an unacknowledged message back after 1 s instead of an hour.
+    # Every setting at its default, the visibility timeout's hour included: only the job's lease brings it back.
     with mask_held_back(third):
-        doomed = workers.start(CELERY_VISIBILITY_TIMEOUT="1")
+        doomed = workers.start()
         wait_until(waiting_on_the_held_mask, "the worker to reach the third image")
         doomed.send_signal(signal.SIGKILL)  # in the middle of the third image's transaction
         doomed.wait()
@@ -304,20 +313,63 @@ def test_a_worker_killed_mid_job_leaves_nothing_half_written_and_the_next_worker
     assert_all_or_nothing(job)
     broker = redis_server.client()
     assert (broker.llen("celery"), broker.hlen("unacked")) == (0, 1)  # taken, never acknowledged
-    assert workers.sweep(JOB_SWEEP_GRACE_SECONDS="0") == "[]"  # held by the broker: the sweep leaves it alone
+    assert workers.sweep(JOB_SWEEP_GRACE_SECONDS="0") == "[]"  # its lease is still fresh: the sweep leaves it alone
 
-    # A new worker gives the dead one's message back to the queue on start (older than the visibility timeout).
-    successor = workers.start(CELERY_VISIBILITY_TIMEOUT="1")
-    wait_until(lambda: Job.objects.get(pk=job.pk).status == "done", "the job to finish")
+    # A new worker running beat, as `make serve` runs one: its sweep sends the job again once the lease expired,
+    # though Redis still holds the dead worker's message, and the new worker takes the job over.
+    started = time.monotonic()
+    successor = workers.start(extra_args=["--beat", f"--schedule={tmp_path / 'beat-schedule'}"])
+    wait_until(lambda: Job.objects.get(pk=job.pk).status == "done", "the job to finish", timeout=120)
+    print(f"\nkilled worker's job finished {time.monotonic() - started:.0f} s after a new worker started")
     assert_annotated_once(job)
-    wait_until(lambda: broker.hlen("unacked") == 0, "the message to be acknowledged")
-    assert broker.llen("celery") == 0 and successor.log.read_text().count(" received") == 1
+    log = successor.log.read_text()
+    assert f"the workers of running jobs [{job.pk}] stopped beating; sent them again" in log
+    assert f"job {job.pk}: taken over: its worker stopped beating" in log
+    assert sum("job_annotate_task[" in line and line.endswith(" received") for line in log.splitlines()) == 1
+    # The dead worker's message stays unacknowledged until the visibility timeout; then it finds the job done.
+    wait_until(lambda: broker.llen("celery") == 0 and broker.hlen("unacked") == 1, "the new message's ack")
+
+
+@pytest.mark.parametrize("pool, extra_args", [("solo", ["--beat"]), ("prefork", [])])
+def test_a_worker_asked_to_stop_mid_job_finishes_its_image_exits_at_once_and_a_new_worker_finishes_the_job(
+        team, workers, redis_server, tmp_path, pool, extra_args):
+    job = queued_job(team.project, 8, redis_server.url)
+    images = list(job.images.order_by("id"))
+    if extra_args:
+        extra_args = [*extra_args, f"--schedule={tmp_path / 'beat-schedule'}"]
+    # The last image held back all along: a worker that goes on with the job instead of stopping never gets past it.
+    with mask_held_back(images[-1]):
+        with mask_held_back(images[2]):
+            worker = workers.start(pool=pool, extra_args=extra_args)
+            wait_until(waiting_on_the_held_mask, "the worker to reach the third image")
+            asked = time.monotonic()
+            worker.send_signal(signal.SIGTERM)  # in the middle of the third image
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the worker was still running 15 s after SIGTERM")
+        stopped = time.monotonic() - asked
+    print(f"\n{pool} worker exited {stopped:.1f} s after SIGTERM")
+    assert "Warm shutdown" in worker.log.read_text()
+    job.refresh_from_db()
+    # Its image finished, then handed back: the job queued again with its message waiting for the next worker.
+    assert [bool(i.annotated_at) for i in job.images.order_by("id")] == [True] * 3 + [False] * 5
+    assert_all_or_nothing(job)
+    assert (job.status, job.annotated, job.heartbeat_at) == ("queued", 3, None)
+    assert waiting_job_ids(redis_server.client()) == [job.pk]
+
+    started = time.monotonic()
+    workers.start()
+    wait_until(lambda: Job.objects.get(pk=job.pk).status == "done", "the job to finish")
+    print(f"stopped worker's job finished {time.monotonic() - started:.0f} s after a new worker started")
+    assert_annotated_once(job)
 
 
 def test_a_killed_pool_process_hands_its_job_back_at_once(team, workers, redis_server):
     job = queued_job(team.project, 3, redis_server.url)
     third = job.images.order_by("id")[2]
-    # The visibility timeout stays at its default hour: only the pool's reject_on_worker_lost can bring it back.
+    # The visibility timeout and the lease at their defaults: only the pool's reject_on_worker_lost can bring it back
+    # at once, and its message, delivered again, takes the lease over.
     with mask_held_back(third):
         worker = workers.start(pool="prefork")
         wait_until(waiting_on_the_held_mask, "the pool process to reach the third image")
@@ -326,7 +378,8 @@ def test_a_killed_pool_process_hands_its_job_back_at_once(team, workers, redis_s
         assert_all_or_nothing(job)
     wait_until(lambda: Job.objects.get(pk=job.pk).status == "done", "the job to finish")
     assert_annotated_once(job)
-    assert worker.poll() is None and "WorkerLostError" in worker.log.read_text()
+    log = worker.log.read_text()
+    assert worker.poll() is None and "WorkerLostError" in log and "taken over: its own message came back" in log
 
 
 def test_jobs_queued_when_redis_restarts_are_swept_back_and_run_once(team, workers, redis_server, tmp_path):
@@ -398,11 +451,11 @@ def test_two_reviewers_saving_the_same_version_at_once_one_wins_and_the_other_is
 def test_the_sweep_looks_into_the_demo_s_folder_broker_too(tmp_path):
     code = ("import django; django.setup(); from annotator.sweep import broker_task_args; "
             "from annotator.tasks import job_annotate_task as task; task.delay(7); task.delay(8); "
-            "print(sorted(broker_task_args(task.name)))")
+            "waiting, delivered = broker_task_args(task.name); print(sorted(waiting), delivered)")
     env = {name: value for name, value in os.environ.items() if name not in ("CELERY_BROKER_URL", "REDIS_URL")}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                             env={**env, "DJANGO_SETTINGS_MODULE": "config.settings", "VAR_DIR": str(tmp_path)})
-    assert result.stdout.strip() == "[7, 8]", result.stderr
+    assert result.stdout.strip() == "[7, 8] set()", result.stderr
 
 
 def test_the_sweep_sends_lost_fine_tuning_runs_again_too(team, django_capture_on_commit_callbacks):
@@ -428,5 +481,37 @@ def test_the_sweep_sends_lost_fine_tuning_runs_again_too(team, django_capture_on
         with django_capture_on_commit_callbacks() as callbacks:
             assert training_runs_sweep() == [lost.pk]
         assert len(callbacks) == 1
+    finally:
+        broker.flushdb()
+
+
+def test_the_sweep_sends_a_running_job_again_once_its_worker_stops_beating_whatever_the_broker_says(
+        team, settings, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotator.sweep import jobs_sweep
+    from config.celery import app
+
+    assert app.conf.broker_url.startswith("redis://"), "the sweep test reads a Redis broker: use `make test`"
+    broker = Redis.from_url(app.conf.broker_url)
+    broker.flushdb()
+    now = timezone.now()
+    silent_beat = now - timedelta(seconds=settings.JOB_LEASE_SECONDS + 1)
+    jobs = {name: Job.objects.create(project=team.project, source_name=f"{name}.zip", status=status,
+                                     heartbeat_at=beat)
+            for name, status, beat in [("killed", "running", silent_beat), ("beating", "running", now),
+                                       ("silent, sent again", "running", silent_beat), ("lost", "queued", None),
+                                       ("taken", "queued", None)]}
+    Job.objects.update(created_at=now - timedelta(hours=1))
+    try:
+        for name in ("killed", "taken"):  # delivered to a worker and never acknowledged, as a killed worker leaves it
+            job_annotate_task.delay(jobs[name].pk)
+            broker.hset("unacked", name, json.dumps([json.loads(broker.lpop("celery")), "", "celery"]))
+        job_annotate_task.delay(jobs["silent, sent again"].pk)  # waits in the queue for the next worker
+        with django_capture_on_commit_callbacks() as callbacks:
+            assert jobs_sweep() == sorted([jobs["killed"].pk, jobs["lost"].pk])
+        assert len(callbacks) == 2
     finally:
         broker.flushdb()

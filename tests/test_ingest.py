@@ -143,7 +143,7 @@ def test_an_upload_succeeds_while_the_broker_is_down_and_the_sweep_sends_its_job
 
     sent = []
     monkeypatch.setattr(task, "delay", sent.append)  # the broker is back, and holds no message of them
-    monkeypatch.setattr("annotator.sweep.broker_task_args", lambda name: set())
+    monkeypatch.setattr("annotator.sweep.broker_task_args", lambda name: (set(), set()))  # waiting, delivered
     settings.JOB_SWEEP_GRACE_SECONDS = 0
     assert jobs_sweep() == sent == [job.pk for job in jobs]
 

@@ -1,9 +1,15 @@
-"""The annotation job: idempotent, resumable, and clear when the ensemble does not fit the project."""
-import pytest
+"""The annotation job: idempotent, resumable, held by one worker at a time, handed back when the worker stops, and
+clear when the ensemble does not fit the project."""
+from datetime import timedelta
 
+import pytest
+from celery.signals import worker_shutting_down
+from django.utils import timezone
+
+from annotator import shutdown
 from annotator.annotation import services
 from annotator.masks.services import mask_create
-from annotator.models import Job, Mask, Prediction
+from annotator.models import Image, Job, Mask, Prediction
 from annotator.tasks import job_annotate_task
 from tests.conftest import png_bytes, zip_of
 
@@ -29,11 +35,11 @@ def tiny_ensemble(tiny_ensemble_folder, settings):
     services.ensemble_load.cache_clear()
 
 
-def uploaded_job(team, count=3):
+def uploaded_job(team, count=3, first=0):
     from annotator.ingest.archive import zip_entries
     from annotator.ingest.services import upload_ingest
 
-    contents = zip_entries(zip_of({f"{i}.png": png_bytes(value=i * 40) for i in range(count)}))
+    contents = zip_entries(zip_of({f"{i}.png": png_bytes(value=i * 40) for i in range(first, first + count)}))
     return upload_ingest(team.project, contents, "upload.zip", team.admin)
 
 
@@ -42,10 +48,80 @@ def test_annotating_a_job_twice_writes_each_image_once(team, tiny_ensemble):
     services.job_annotate(job.pk)
     job.refresh_from_db()
     assert (job.status, job.annotated, job.total) == ("done", 3, 3)
-    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)  # as if the message were delivered again
+    # As if the message were delivered again after its worker died.
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, heartbeat_at=None)
     services.job_annotate(job.pk)
     assert Prediction.objects.count() == 9 and Mask.objects.count() == 3
     assert all(i.annotated_at and i.model_version.startswith(tiny_ensemble.name) for i in job.images.all())
+
+
+def test_a_job_whose_worker_beats_is_left_to_it_and_one_whose_worker_went_silent_is_taken_over(
+        team, tiny_ensemble, settings):
+    now = timezone.now()
+    beating, silent, retried = (uploaded_job(team, count=1, first=i) for i in range(3))
+    Job.objects.filter(pk__in=[beating.pk, retried.pk]).update(status=Job.Status.RUNNING, heartbeat_at=now)
+    Job.objects.filter(pk=silent.pk).update(
+        status=Job.Status.RUNNING, heartbeat_at=now - timedelta(seconds=settings.JOB_LEASE_SECONDS + 1))
+    for job in (beating, silent):
+        services.job_annotate(job.pk)
+    services.job_annotate(retried.pk, takeover=True)  # the task's retry: its own failed attempt held the lease
+    assert Job.objects.get(pk=beating.pk).heartbeat_at == now and not beating.images.get().annotated_at
+    for job in (silent, retried):
+        job.refresh_from_db()
+        assert (job.status, job.annotated) == ("done", 1) and job.heartbeat_at > now
+
+
+def test_a_worker_whose_job_was_taken_over_stops_at_the_next_batch(team, tiny_ensemble, settings, monkeypatch):
+    settings.ML_BATCH_SIZE = 1
+    job = uploaded_job(team, count=3)
+    store = services.image_annotation_store
+
+    def store_while_another_worker_takes_over(*args):
+        Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now())
+        return store(*args)
+
+    monkeypatch.setattr(services, "image_annotation_store", store_while_another_worker_takes_over)
+    services.job_annotate(job.pk)
+    job.refresh_from_db()
+    assert job.status == "running" and job.images.filter(annotated_at__isnull=False).count() == 1
+
+
+def test_a_worker_told_to_stop_hands_its_job_back_between_batches(
+        team, tiny_ensemble, settings, monkeypatch, django_capture_on_commit_callbacks):
+    settings.ML_BATCH_SIZE = 1
+    job = uploaded_job(team, count=3)
+    store = services.image_annotation_store
+
+    def store_as_the_worker_is_told_to_stop(*args):
+        worker_shutting_down.send(sender="celery@test", sig="SIGTERM", how="Warm", exitcode=0)
+        return store(*args)
+
+    monkeypatch.setattr(shutdown._stopping, "value", 0)  # back to 0 after the test
+    monkeypatch.setattr(services, "image_annotation_store", store_as_the_worker_is_told_to_stop)
+    with django_capture_on_commit_callbacks() as callbacks:
+        services.job_annotate(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.annotated, job.heartbeat_at) == ("queued", 1, None)
+    assert len(callbacks) == 1  # sent again, for the next worker
+    assert job.images.filter(annotated_at__isnull=False).count() == 1 and Prediction.objects.count() == 3
+
+    monkeypatch.setattr(shutdown._stopping, "value", 0)  # the next worker
+    monkeypatch.setattr(services, "image_annotation_store", store)
+    services.job_annotate(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.annotated) == ("done", 3) and Prediction.objects.count() == 9
+
+
+def test_a_worker_told_to_stop_sends_re_annotation_back_to_the_queue(
+        team, tiny_ensemble, monkeypatch, django_capture_on_commit_callbacks):
+    job = uploaded_job(team, count=2)
+    services.job_annotate(job.pk)
+    Image.objects.update(model_version="an-older-version")
+    monkeypatch.setattr(shutdown._stopping, "value", 1)
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert services.project_reannotate(team.project.pk) == 0
+    assert len(callbacks) == 1 and Prediction.objects.count() == 6
+    assert set(Image.objects.values_list("model_version", flat=True)) == {"an-older-version"}
 
 
 def test_a_finished_job_delivered_again_does_nothing(team, tiny_ensemble):
@@ -109,7 +185,7 @@ def test_an_ensemble_with_a_segmentation_member_stores_both_masks_and_the_page_s
         team, settings, ensemble_with_member_folder):
     import numpy as np
 
-    from annotator.models import CandidateMask, Image
+    from annotator.models import CandidateMask
     from annotator.png import mask_file_read
 
     settings.ENSEMBLE_DIR = ensemble_with_member_folder
@@ -130,7 +206,7 @@ def test_an_ensemble_with_a_segmentation_member_stores_both_masks_and_the_page_s
         assert 'data-toggle="candidate-segmentation"' in page and "Segmentation member" in page
         assert 'data-toggle="candidate-consensus"' in page and "Consensus of the panel" in page
     assert CandidateMask.objects.count() == 4
-    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, heartbeat_at=None)
     services.job_annotate(job.pk)
     assert CandidateMask.objects.count() == 4  # annotated once
 
