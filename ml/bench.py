@@ -28,7 +28,8 @@ def bench_command(args) -> None:
     """`python -m ml bench`, its flags parsed by ml.__main__."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     ensemble = _ensemble(args.model, args.input_size, device)
-    config = dataclasses.replace(ensemble.manifest.annotate, mc_samples=args.samples, refine="none")
+    config = dataclasses.replace(ensemble.manifest.annotate, mc_samples=args.samples, refine="none",
+                                 proposal="consensus")
     refined = dataclasses.replace(config, refine=REFINED_BY)
     # The segmentation member beside the refined consensus: the checkpoint's, else a fresh one (its cost is the same).
     with_member = dataclasses.replace(ensemble, segmenter=ensemble.segmenter or segmenter_build(SegmenterConfig()))
@@ -38,7 +39,8 @@ def bench_command(args) -> None:
     methods = {  # name: (run over a few images, images to warm it up on)
         "ours": (lambda few: annotate(ensemble, few, config, args.batch_size), args.batch_size),
         "refined": (lambda few: annotate(ensemble, few, refined, args.batch_size), args.batch_size),
-        "member": (lambda few: annotate(with_member, few, refined, args.batch_size), args.batch_size),
+        "member": (lambda few: annotate(with_member, few, dataclasses.replace(refined, proposal="segmentation"),
+                                        args.batch_size), args.batch_size),
         "floor": (lambda few: _floor(ensemble, few), args.batch_size),
         "naive": (lambda few: _naive(ensemble, few, config), 1),
     }
