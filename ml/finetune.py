@@ -255,8 +255,7 @@ def segmenter_finetune(candidate: Ensemble, train: list[FinetuneSample], held: l
     started = time.monotonic()
     labels = [manifest.class_of(s.label) for s in train]
     without_mask = [i for i, s in enumerate(train) if s.mask is None and labels[i] != manifest.healthy_class]
-    annotations = dict(zip(without_mask, annotate(candidate, [train[i].image for i in without_mask],
-                                                  replace(manifest.annotate, proposal="consensus"))))
+    annotations = dict(zip(without_mask, annotate(candidate, [train[i].image for i in without_mask])))
     approved = {i: s.mask for i, s in enumerate(train) if s.mask is not None}
     train_config = SegmentTrainConfig(epochs=config.segmenter_epochs, seed=config.seed)
     targets = segment_targets([s.image for s in train], labels, [annotations.get(i) for i in range(len(train))],
@@ -271,7 +270,7 @@ def segmenter_finetune(candidate: Ensemble, train: list[FinetuneSample], held: l
     losses = segmenter_train(candidate.segmenter, targets, train_config, manifest.mean, manifest.std,
                              candidate.device, on_batch)
     judged = [s for s in held if s.mask is not None]
-    results = annotate(candidate, [s.image for s in judged], replace(manifest.annotate, proposal="consensus"))
+    results = annotate(candidate, [s.image for s in judged])
     source, gate = proposal_source_choose([r.segmentation_mask for r in results], [r.consensus_mask for r in results],
                                           [s.mask for s in judged])
     manifest.annotate = replace(manifest.annotate, proposal=source)

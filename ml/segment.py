@@ -5,9 +5,9 @@
   (EfficientNet-Lite0's ship in a wheel, so they are there offline).
 - Decoder: FPN-style, each level projected to a few channels, summed top-down, predicted at a quarter of the input.
 - Targets (`pseudo_target`, `approved_target`): an image labelled healthy is background everywhere; a lesion image the
-  panel diagnosed correctly gives its proposal, a band around the proposal's outline ignored (the
-  CAM cannot place an edge); an approved mask counts everywhere and `approved_weight` times as much. Images the panel
-  got wrong or doubted teach nothing until a radiologist approves them.
+  panel diagnosed correctly gives the panel's refined consensus, a band around its outline ignored (the CAM cannot
+  place an edge); an approved mask counts everywhere and `approved_weight` times as much. Lesion images the panel got
+  wrong teach nothing until a radiologist approves them.
 - Gate (`proposal_source_choose`): the member's masks replace the consensus as the proposal only where they overlap
   the held-out ground truth better.
 """
@@ -106,18 +106,19 @@ def segmenter_build(config: SegmenterConfig, weights: str | None = None) -> Segm
 
 def pseudo_target(image: Image.Image, healthy: bool, annotation, label: str) -> MaskTarget | None:
     """A training image's target from its image-level label and the panel's annotation; None when it teaches nothing
-    (a lesion image diagnosed wrongly, or with an empty proposal). The flag is no filter here: the label is known, and
+    (a lesion image diagnosed wrongly, or with an empty consensus). The flag is no filter here: the label is known, and
     on BUSI the panel's uncertainty hardly tells good proposals from bad ones (correlation 0.10 with their IoU)."""
     shape = (image.size[1], image.size[0])
     if healthy:
         return MaskTarget(image, np.zeros(shape, dtype=bool), np.ones(shape, dtype=np.float32), approved=False)
-    if annotation.diagnosis != label or not annotation.mask.any():
+    consensus = annotation.consensus_mask  # the panel's, never a member's own: it would learn from itself
+    if annotation.diagnosis != label or not consensus.any():
         return None
     band = max(1, round(IGNORE_BAND * min(shape)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
-    mask = annotation.mask.astype(np.uint8)
+    mask = consensus.astype(np.uint8)
     uncertain = cv2.dilate(mask, kernel) != cv2.erode(mask, kernel)
-    return MaskTarget(image, annotation.mask.copy(), np.where(uncertain, 0.0, 1.0).astype(np.float32),
+    return MaskTarget(image, consensus.copy(), np.where(uncertain, 0.0, 1.0).astype(np.float32),
                       approved=False)
 
 

@@ -33,8 +33,9 @@ def dark_disc_image(lesion: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def annotation_of(diagnosis: str, mask: np.ndarray) -> SimpleNamespace:
-    return SimpleNamespace(diagnosis=diagnosis, mask=mask, flagged=True)
+def annotation_of(diagnosis: str, consensus: np.ndarray) -> SimpleNamespace:
+    """An annotation whose proposal is a member's (empty here): pseudo-masks come from the panel's consensus."""
+    return SimpleNamespace(diagnosis=diagnosis, consensus_mask=consensus, mask=np.zeros_like(consensus), flagged=True)
 
 
 # --- What each image teaches -------------------------------------------------------------------------------------
@@ -47,7 +48,7 @@ def test_a_healthy_image_is_background_everywhere_whatever_the_panel_proposed():
     assert not target.mask.any() and (target.weight == 1).all() and not target.approved
 
 
-def test_a_correctly_diagnosed_lesion_image_teaches_its_proposal_with_the_outline_ignored():
+def test_a_correctly_diagnosed_lesion_image_teaches_the_panels_consensus_with_the_outline_ignored():
     proposal = disc((48, 48), radius=20)
     target = pseudo_target(dark_disc_image(proposal), healthy=False, annotation=annotation_of("lesion", proposal),
                            label="lesion")
@@ -59,7 +60,7 @@ def test_a_correctly_diagnosed_lesion_image_teaches_its_proposal_with_the_outlin
 
 
 @pytest.mark.parametrize("diagnosis, proposal", [("normal", disc((48, 48))), ("lesion", np.zeros((SIDE, SIDE), bool))])
-def test_a_lesion_image_diagnosed_wrongly_or_with_no_proposal_teaches_nothing(diagnosis, proposal):
+def test_a_lesion_image_diagnosed_wrongly_or_with_no_consensus_teaches_nothing(diagnosis, proposal):
     image = dark_disc_image(disc((48, 48)))
     assert pseudo_target(image, healthy=False, annotation=annotation_of(diagnosis, proposal), label="lesion") is None
 
