@@ -1,4 +1,5 @@
-"""Command line: `python -m ml split | train | tune | segment | learning-curve | annotate | evaluate | bench` (each
+"""Command line: `python -m ml split | train | tune | segment | learning-curve | refiner | clicks | annotate | evaluate |
+bench` (each
 with --help)."""
 from __future__ import annotations
 
@@ -241,6 +242,41 @@ def _learning_curve_register(commands) -> None:
     parser.set_defaults(run=_learning_curve)
 
 
+def _clicks(args) -> None:
+    from ml.clicks import clicks_command
+
+    clicks_command(args)
+
+
+def _refiner(args) -> None:
+    from ml.clicks import refiner_command
+
+    args.excluded = _excluded_names(args.exclude)
+    refiner_command(args)
+
+
+def _clicks_register(commands) -> None:
+    parser = commands.add_parser("clicks", help="the simulated radiologist: clicks to correct each proposal, per method")
+    _labelled_data_arguments(parser, "manifest CSV: filename,label[,mask_path] of images with lesion masks")
+    parser.add_argument("--target-iou", type=float, default=0.85, help="NoC counts the clicks to reach this IoU")
+    parser.add_argument("--max-clicks", type=int, default=20, help="a correction that never gets there counts this")
+    parser.set_defaults(run=_clicks)
+
+
+def _refiner_register(commands) -> None:
+    parser = commands.add_parser("refiner", help="train the click refiner on lesion masks, judge it, write it")
+    _labelled_data_arguments(parser, "manifest CSV: filename,label[,mask_path]; not the test split")
+    parser.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
+    parser.add_argument("--encoder", default="efficientnet_lite0",
+                        help="the encoder where the checkpoint has no segmentation member to start from")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-clicks", type=int, default=20, help="of the held-out judgement")
+    parser.add_argument("--no-hub", action="store_true", help="never fetch ImageNet weights from timm's hub")
+    parser.add_argument("--write", action="store_true", help="write the refiner into --model if it beats GrabCut")
+    parser.set_defaults(run=_refiner)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ml")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -278,6 +314,8 @@ def main(argv=None) -> None:
     _tune_register(commands)
     _segment_register(commands)
     _learning_curve_register(commands)
+    _refiner_register(commands)
+    _clicks_register(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.run(args)

@@ -86,6 +86,7 @@ class EnsembleManifest:
     weights_dtype: str = "float32"  # "int8" stores conv/linear weights quantised per output channel
     label_map: dict = field(default_factory=dict)  # a data set's own label -> one of `classes`, e.g. benign -> lesion
     segmenter: SegmenterConfig | None = None  # the segmentation member, stored as segmenter.safetensors
+    refiner: SegmenterConfig | None = None  # the click refiner (ml/interactive.py), stored as refiner.safetensors
     metrics: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
 
@@ -115,8 +116,9 @@ class EnsembleManifest:
     def from_dict(cls, data: dict) -> "EnsembleManifest":
         data = dict(data)
         data["annotate"] = AnnotateConfig(**data.get("annotate", {}))
-        if data.get("segmenter") is not None:
-            data["segmenter"] = SegmenterConfig(**data["segmenter"])
+        for member in ("segmenter", "refiner"):
+            if data.get(member) is not None:
+                data[member] = SegmenterConfig(**data[member])
         data["mean"] = tuple(data.get("mean", IMAGENET_MEAN))
         data["std"] = tuple(data.get("std", IMAGENET_STD))
         return cls(**data)

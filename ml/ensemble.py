@@ -15,6 +15,7 @@ from ml.checkpoint import weights_load, weights_save
 from ml.config import AnnotateConfig, EnsembleManifest
 from ml.consensus import heatmap_binarize, proposal_mask, review_flag
 from ml.data import images_to_tensor
+from ml.interactive import REFINER_NAME, refiner_net_load
 from ml.models import model_build, model_classifier
 from ml.segment import SegmentationNet, segmenter_probabilities
 from ml.uncertainty import entropy, mc_dropout_probs, mutual_information
@@ -29,13 +30,15 @@ class Ensemble:
     models: dict[str, nn.Module]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     segmenter: SegmentationNet | None = None  # the segmentation member (ml/segment.py), configured by the manifest
+    refiner: SegmentationNet | None = None  # the click refiner (ml/interactive.py), configured by the manifest
 
     def to(self, device: str | torch.device) -> "Ensemble":
         self.device = torch.device(device)
         for model in self.models.values():
             model.to(self.device)
-        if self.segmenter is not None:
-            self.segmenter.to(self.device)
+        for net in (self.segmenter, self.refiner):
+            if net is not None:
+                net.to(self.device)
         return self
 
 
@@ -82,6 +85,8 @@ def save_ensemble(ensemble: Ensemble, folder: str | Path) -> Path:
         weights_save(model.state_dict(), folder / f"{arch}.safetensors", ensemble.manifest.weights_dtype)
     if ensemble.segmenter is not None:
         weights_save(ensemble.segmenter.state_dict(), folder / SEGMENTER_NAME, ensemble.manifest.weights_dtype)
+    if ensemble.refiner is not None:
+        weights_save(ensemble.refiner.state_dict(), folder / REFINER_NAME, ensemble.manifest.weights_dtype)
     manifest_save(ensemble.manifest, folder)
     return folder
 
@@ -104,6 +109,8 @@ def load_ensemble(folder: str | Path, device: str | None = None) -> Ensemble:
         ensemble.segmenter = SegmentationNet(manifest.segmenter)
         ensemble.segmenter.load_state_dict(weights_load(folder / SEGMENTER_NAME))
         ensemble.segmenter.eval()
+    if manifest.refiner is not None:
+        ensemble.refiner = refiner_net_load(manifest.refiner, folder)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return ensemble.to(device)
 

@@ -68,10 +68,12 @@ class MaskTarget:
 
 
 class SegmentationNet(nn.Module):
-    def __init__(self, config: SegmenterConfig):
+    """`in_chans` beyond the image's three carry hints: the click refiner (ml/interactive.py) adds a mask and clicks."""
+
+    def __init__(self, config: SegmenterConfig, in_chans: int = 3):
         super().__init__()
         self.config = config
-        self.encoder = timm.create_model(config.encoder, features_only=True, pretrained=False)
+        self.encoder = timm.create_model(config.encoder, features_only=True, pretrained=False, in_chans=in_chans)
         channels = self.encoder.feature_info.channels()
         self.laterals = nn.ModuleList(nn.Conv2d(c, DECODER_CHANNELS, 1) for c in channels[1:])  # stride 4 to 32
         self.smooth = nn.Sequential(nn.Conv2d(DECODER_CHANNELS, DECODER_CHANNELS, 3, padding=1, bias=False),
@@ -174,7 +176,7 @@ def segmenter_train(net: SegmentationNet, targets: list[MaskTarget], config: Seg
             if len(chunk) < 2:
                 continue
             pictures, labels = zip(*(augment(*preloaded[i]) for i in chunk))
-            batch = _normalise(torch.stack([picture.float() / 255 for picture in pictures]), mean, std).to(device)
+            batch = normalise(torch.stack([picture.float() / 255 for picture in pictures]), mean, std).to(device)
             stacked = torch.stack([label.float() for label in labels]).to(device)  # (batch, 2, H, W): mask, weight
             loss = segmenter_loss(net(batch), stacked[:, :1], stacked[:, 1:])
             optimizer.zero_grad()
@@ -202,7 +204,7 @@ def _target_preload(target: MaskTarget, input_size: int) -> tuple[tv_tensors.Ima
             tv_tensors.Mask(torch.from_numpy(np.stack([mask, weight]))))
 
 
-def _normalise(batch: torch.Tensor, mean, std) -> torch.Tensor:
+def normalise(batch: torch.Tensor, mean, std) -> torch.Tensor:
     return (batch - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
@@ -212,7 +214,7 @@ def segmenter_probabilities(net: SegmentationNet, images: list[Image.Image], mea
     size = net.config.input_size
     arrays = [np.asarray(image_to_rgb(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
               for image in images]
-    batch = _normalise(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), mean, std).to(device)
+    batch = normalise(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), mean, std).to(device)
     with torch.no_grad():
         probs = torch.sigmoid(net(batch))[:, 0].cpu().numpy()
     return [cv2.resize(p, image.size, interpolation=cv2.INTER_LINEAR) for p, image in zip(probs, images)]
