@@ -224,6 +224,7 @@ FINETUNE_EPOCHS = env_int("FINETUNE_EPOCHS", 5)
 FINETUNE_VALIDATION_PERCENT = env_int("FINETUNE_VALIDATION_PERCENT", 20)  # approved images held out, by content hash
 FINETUNE_CAM_WEIGHT = float(os.environ.get("FINETUNE_CAM_WEIGHT", 0.3))  # λ of the mask term (1 - soft IoU of CAM)
 FINETUNE_SEGMENTER_EPOCHS = env_int("FINETUNE_SEGMENTER_EPOCHS", 10)  # the segmentation member's; 0: keep the parent's
+FINETUNE_REFINER_EPOCHS = env_int("FINETUNE_REFINER_EPOCHS", 10)  # the click refiner's; 0: keep the parent's
 FINETUNE_LEARNING_RATE = float(os.environ.get("FINETUNE_LEARNING_RATE", 1e-4))
 
 # Upload limits: a bad file is rejected by name, the rest of the upload still imports.

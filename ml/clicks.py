@@ -101,6 +101,13 @@ def best_method(results: dict[str, list[ClickSession]], target: float, max_click
     return method, nocs[method]
 
 
+def lesion_masks_judge(images, truths, starts, refiner: ClickRefiner | None, max_clicks: int = 10) -> float:
+    """NoC@85 of the simulated radiologist on these lesion images with the refiner (None: GrabCut)."""
+    method = "learned" if refiner is not None else "grabcut"
+    sessions = methods_run(images, truths, starts, refiner, (0.85,), max_clicks, (method,))[method]
+    return sessions_summary(sessions, (0.85,), max_clicks)["noc"][0.85]
+
+
 def lesion_cases(data, indices: list[int]):
     """Grayscale images, truths and the app's proposals of the indexed images whose truth outlines a lesion."""
     kept = [i for i in indices if data.truths[i] is not None and data.truths[i].any()]

@@ -29,17 +29,20 @@ from torch import nn
 from torchvision import tv_tensors
 
 from ml.config import AnnotateConfig, EnsembleManifest, SegmenterConfig
+from ml.clicks import lesion_masks_judge
 from ml.data import augmentation, images_to_tensor
 from ml.ensemble import MANIFEST_NAME, Ensemble, annotate, load_ensemble, manifest_save, save_ensemble
 from ml.evaluate import ENSEMBLE, image_score, metrics_summarize
+from ml.interactive import ClickRefiner, RefinerTrainConfig, refiner_from_member, refiner_sample, refiner_train
 from ml.models import imagenet_weights_resolve, model_classifier
-from ml.segment import (SegmentTrainConfig, proposal_source_choose, segment_targets, segmenter_build,
+from ml.segment import (MIN_GATE_IMAGES, SegmentTrainConfig, proposal_source_choose, segment_targets, segmenter_build,
                         segmenter_train)
 from ml.train import class_weights, code_version, image_preload
 
 log = logging.getLogger(__name__)
 
 EPSILON = 1e-6
+MIN_REFINER_MASKS = 10  # approved lesion masks a click refiner needs to learn from
 # Shares of the progress bar: the parent's evaluation, training, then the candidate's evaluation.
 PROGRESS_PARENT, PROGRESS_TRAINED = 0.05, 0.9
 
@@ -60,6 +63,8 @@ class FinetuneConfig:
     weights_dtype: str = "float32"
     # The segmentation member's epochs on the approved masks (and pseudo-masks of the rest); 0 keeps the parent's.
     segmenter_epochs: int = 10
+    # The click refiner's epochs on the approved lesion masks (from at least MIN_REFINER_MASKS); 0 keeps the parent's.
+    refiner_epochs: int = 10
     parent_version: str = ""  # the name of the version it starts from, recorded in the manifest
     seed: int = 0
     device: str | None = None
@@ -67,8 +72,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
-        if self.segmenter_epochs < 0:
-            raise ValueError("segmenter_epochs must not be negative")
+        if self.segmenter_epochs < 0 or self.refiner_epochs < 0:
+            raise ValueError("segmenter_epochs and refiner_epochs must not be negative")
         if self.cam_weight < 0:
             raise ValueError("cam_weight must not be negative")
         if not 0 <= self.validation_percent < 100:
@@ -189,7 +194,7 @@ def finetune(ensemble_dir: str | Path, samples: list[FinetuneSample], out_dir: s
     parent_metrics = heldout_metrics(parent, held, held_labels, evaluation, parent_progress, should_stop)
 
     candidate = Ensemble(manifest=copy.deepcopy(manifest), models=copy.deepcopy(parent.models), device=parent.device,
-                         segmenter=copy.deepcopy(parent.segmenter))
+                         segmenter=copy.deepcopy(parent.segmenter), refiner=copy.deepcopy(parent.refiner))
     items = [_train_item(samples[i], labels[i], manifest) for i in train]
     weights = class_weights([item.label for item in items], len(manifest.classes)).to(candidate.device)
     batches_per_member = config.epochs * -(-len(items) // config.batch_size)
@@ -212,6 +217,14 @@ def finetune(ensemble_dir: str | Path, samples: list[FinetuneSample], out_dir: s
             on_progress(PROGRESS_TRAINED, f"segmentation member: batch {done}/{total}, loss {loss:.3f}")
 
         segmenter = segmenter_finetune(candidate, [samples[i] for i in train], held, config, segmenter_progress)
+    refiner = {}
+    if config.refiner_epochs:
+        def refiner_progress(done, total, loss):
+            if should_stop():
+                raise FinetuneCancelled
+            on_progress(PROGRESS_TRAINED, f"click refiner: batch {done}/{total}, loss {loss:.3f}")
+
+        refiner = refiner_finetune(candidate, [samples[i] for i in train], held, config, refiner_progress)
     masks_used = sum(item.mask is not None for item in items)
     candidate.manifest.weights_dtype = config.weights_dtype
     candidate.manifest.metrics = {}
@@ -224,7 +237,7 @@ def finetune(ensemble_dir: str | Path, samples: list[FinetuneSample], out_dir: s
         "epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
         "weight_decay": config.weight_decay, "cam_weight": config.cam_weight, "cam_term": "1 - soft IoU",
         "last_epoch_cross_entropy": cross_entropy, "last_epoch_cam_term": cam_loss,
-        "seconds_per_member": seconds, "segmenter": segmenter, "seed": config.seed, "code_version": code_version(),
+        "seconds_per_member": seconds, "segmenter": segmenter, "refiner": refiner, "seed": config.seed, "code_version": code_version(),
     }
     out_dir = Path(out_dir)
     save_ensemble(candidate, out_dir)
@@ -276,6 +289,43 @@ def segmenter_finetune(candidate: Ensemble, train: list[FinetuneSample], held: l
     manifest.annotate = replace(manifest.annotate, proposal=source)
     return {"trained": True, "targets": len(targets), "approved_masks": len(approved), "epochs": train_config.epochs,
             "final_loss": round(losses[-1], 4), "gate": gate, "proposal": source,
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def refiner_finetune(candidate: Ensemble, train: list[FinetuneSample], held: list[FinetuneSample],
+                     config: FinetuneConfig, on_batch=None) -> dict:
+    """Train a click refiner on the training samples' approved lesion masks, each starting from the candidate's own
+    proposal, beginning from the parent's refiner (else from the candidate's segmentation member); keep it only where
+    the simulated radiologist needs fewer clicks with it on the held-out approved masks than with what the parent
+    had (its refiner, or GrabCut). The report for the manifest."""
+    lesions = [s for s in train if s.mask is not None and s.mask.any()]
+    if len(lesions) < MIN_REFINER_MASKS:
+        return {"trained": False, "reason": f"{len(lesions)} approved lesion masks; at least {MIN_REFINER_MASKS} "
+                                            "are needed"}
+    start = candidate.refiner or (refiner_from_member(candidate.segmenter) if candidate.segmenter else None)
+    if start is None:
+        return {"trained": False, "reason": "no segmentation member to start from"}
+    started = time.monotonic()
+    manifest = candidate.manifest
+    proposals = annotate(candidate, [s.image for s in lesions])
+    samples = [refiner_sample(np.asarray(s.image.convert("RGB")), s.mask, p.mask) for s, p in zip(lesions, proposals)]
+    refiner = ClickRefiner(copy.deepcopy(start).to(candidate.device), manifest.mean, manifest.std, candidate.device)
+    losses = refiner_train(refiner, samples, RefinerTrainConfig(epochs=config.refiner_epochs, seed=config.seed),
+                           on_batch)
+    judged = [s for s in held if s.mask is not None and s.mask.any()]
+    if len(judged) < MIN_GATE_IMAGES:
+        return {"trained": True, "kept": False, "reason": f"fewer than {MIN_GATE_IMAGES} held-out lesion masks"}
+    before = (ClickRefiner(candidate.refiner, manifest.mean, manifest.std, candidate.device)
+              if candidate.refiner is not None else None)
+    results = annotate(candidate, [s.image for s in judged])
+    cases = ([np.asarray(s.image.convert("L")) for s in judged], [s.mask for s in judged], [r.mask for r in results])
+    noc_new, noc_before = lesion_masks_judge(*cases, refiner), lesion_masks_judge(*cases, before)
+    kept = noc_new < noc_before
+    if kept:
+        candidate.refiner, manifest.refiner = refiner.net, refiner.net.config
+    return {"trained": True, "kept": kept, "masks": len(samples), "epochs": config.refiner_epochs,
+            "final_loss": round(losses[-1], 4), "held_out_masks": len(judged), "noc85": round(noc_new, 2),
+            "noc85_before": round(noc_before, 2), "before": "refiner" if before else "grabcut",
             "seconds": round(time.monotonic() - started, 1)}
 
 

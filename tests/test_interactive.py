@@ -229,3 +229,25 @@ def test_the_refiner_command_trains_judges_against_grabcut_and_writes_only_a_bet
     assert kept or "is no better than GrabCut: not kept" in printed
     manifest = json.loads((model / "manifest.json").read_text())
     assert (manifest.get("refiner") is not None) == kept == (model / "refiner.safetensors").exists()
+
+
+def test_a_fine_tuning_run_trains_a_refiner_from_approved_masks_and_keeps_it_only_if_it_needs_fewer_clicks():
+    from PIL import Image
+
+    from ml.finetune import MIN_REFINER_MASKS, FinetuneConfig, FinetuneSample, refiner_finetune
+
+    torch.manual_seed(0)
+    manifest = EnsembleManifest(architectures=["resnet18"], classes=["normal", "lesion"], healthy_class="normal",
+                                input_size=32, annotate=AnnotateConfig(mc_samples=2),
+                                segmenter=SegmenterConfig(input_size=64))
+    candidate = ensemble_build(manifest)
+    candidate.segmenter = segmenter_build(manifest.segmenter).eval()
+    samples = [FinetuneSample(key=str(i), image=Image.fromarray(s.image), label="lesion", mask=s.truth)
+               for i, s in enumerate(disc_samples(MIN_REFINER_MASKS + 5, seed=3))]
+    config = FinetuneConfig(refiner_epochs=1)
+
+    too_few = refiner_finetune(candidate, samples[:MIN_REFINER_MASKS - 1], samples[-5:], config)
+    assert not too_few["trained"] and candidate.refiner is None
+    record = refiner_finetune(candidate, samples[:MIN_REFINER_MASKS], samples[-5:], config)
+    assert record["trained"] and record["masks"] == MIN_REFINER_MASKS and record["before"] == "grabcut"
+    assert record["kept"] == (record["noc85"] < record["noc85_before"]) == (candidate.refiner is not None)

@@ -189,7 +189,8 @@ def _run_train(run: TrainingRun, partial_folder: Path) -> None:
     config = FinetuneConfig(
         epochs=settings.FINETUNE_EPOCHS, learning_rate=settings.FINETUNE_LEARNING_RATE,
         cam_weight=settings.FINETUNE_CAM_WEIGHT, validation_percent=settings.FINETUNE_VALIDATION_PERCENT,
-        segmenter_epochs=settings.FINETUNE_SEGMENTER_EPOCHS, mc_samples=settings.ML_MC_SAMPLES, device=settings.ML_DEVICE,
+        segmenter_epochs=settings.FINETUNE_SEGMENTER_EPOCHS, refiner_epochs=settings.FINETUNE_REFINER_EPOCHS,
+        mc_samples=settings.ML_MC_SAMPLES, device=settings.ML_DEVICE,
         parent_version=base.name if base else folder_version(ensemble_dir))
     try:
         result = finetune(ensemble_dir, samples, partial_folder, config,
