@@ -243,13 +243,13 @@ def _learning_curve_register(commands) -> None:
 
 
 def _clicks(args) -> None:
-    from ml.clicks import clicks_command
+    from ml.click_commands import clicks_command
 
     clicks_command(args)
 
 
 def _refiner(args) -> None:
-    from ml.clicks import refiner_command
+    from ml.click_commands import refiner_command
 
     args.excluded = _excluded_names(args.exclude)
     refiner_command(args)

@@ -1,4 +1,4 @@
-"""`python -m ml clicks` and `python -m ml refiner`: the simulated radiologist, and training the click refiner.
+"""The simulated radiologist behind `python -m ml clicks` and `python -m ml refiner` (ml/click_commands.py).
 
 The simulated radiologist follows the standard protocol of interactive segmentation (RITM, SimpleClick): starting
 from the proposal the app would show, each next click goes to the centre of the largest error region, positive in a
@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ml.config import SegmenterConfig
-from ml.ensemble import save_ensemble
-from ml.interactive import (Click, ClickRefiner, RefinerTrainConfig, mask_refine, next_click, refiner_from_member,
-                            refiner_sample, refiner_train)
+from ml.interactive import Click, ClickRefiner, mask_refine, next_click
 from ml.metrics import mask_iou
-from ml.models import imagenet_weights_resolve
-from ml.segment import segmenter_build
 
 METHODS = ("proposal", "grabcut", "learned")  # no refinement (clicks change nothing), training-free, the network
 REPORTED_CLICKS = (1, 3, 5)
@@ -113,72 +107,3 @@ def lesion_cases(data, indices: list[int]):
     kept = [i for i in indices if data.truths[i] is not None and data.truths[i].any()]
     images = [np.asarray(data.images[i].convert("L")) for i in kept]
     return images, [data.truths[i] for i in kept], [data.annotations[i].mask for i in kept], kept
-
-
-def clicks_command(args) -> None:
-    """`python -m ml clicks`, its flags parsed by ml.__main__."""
-    from ml.curve import _rows, labelled_images_read
-    from ml.ensemble import load_ensemble
-
-    ensemble = load_ensemble(args.model)
-    rows = _rows(args.data, set(), args.limit)
-    data = labelled_images_read(ensemble, rows, args.data.parent, args.masks, args.batch_size)
-    images, truths, starts, kept = lesion_cases(data, list(range(len(rows))))
-    if not kept:
-        raise SystemExit("error: no image of the manifest has a lesion mask to click towards")
-    refiner = (ClickRefiner(ensemble.refiner, ensemble.manifest.mean, ensemble.manifest.std, ensemble.device)
-               if ensemble.refiner is not None else None)
-    targets = tuple(sorted({args.target_iou, 0.90}))
-    results = methods_run(images, truths, starts, refiner, targets, args.max_clicks)
-    print(f"{len(kept)} lesion images of {len(rows)}, at most {args.max_clicks} clicks each"
-          + ("" if refiner else "; this checkpoint has no learned click refiner"))
-    print(clicks_table(results, targets, args.max_clicks))
-    method, noc = best_method(results, args.target_iou, args.max_clicks)
-    print(f"NoC@{round(100 * args.target_iou)} {method}: {noc:.2f}")
-
-
-def refiner_command(args) -> None:
-    """`python -m ml refiner`, its flags parsed by ml.__main__: train the click refiner on the lesion masks outside
-    the held-out share, judge it against GrabCut there, and keep it (with --write) only where it needs fewer clicks."""
-    from ml.curve import HELD_OUT_PERCENT, _rows, labelled_images_read
-    from ml.ensemble import load_ensemble
-    from ml.finetune import held_out
-
-    ensemble = load_ensemble(args.model)
-    data = labelled_images_read(ensemble, _rows(args.data, args.excluded, args.limit), args.data.parent, args.masks,
-                                args.batch_size)
-    held = [i for i, key in enumerate(data.keys) if held_out(key, HELD_OUT_PERCENT)]
-    train = [i for i, key in enumerate(data.keys) if not held_out(key, HELD_OUT_PERCENT)]
-    images, truths, starts, kept = lesion_cases(data, train)
-    samples = [refiner_sample(np.asarray(data.images[i].convert("RGB")), t, s)
-               for i, t, s in zip(kept, truths, starts)]
-    member = ensemble.segmenter
-    if member is None:
-        weights = imagenet_weights_resolve([args.encoder], {}, use_hub=not args.no_hub)[args.encoder]
-        member = segmenter_build(SegmenterConfig(encoder=args.encoder), weights)
-    net = refiner_from_member(member)
-    refiner = ClickRefiner(net.to(ensemble.device), ensemble.manifest.mean, ensemble.manifest.std, ensemble.device)
-    train_config = RefinerTrainConfig(epochs=args.epochs, seed=args.seed)
-    started = time.monotonic()
-    losses = refiner_train(refiner, samples, train_config,
-                           on_batch=lambda done, total, loss: print(f"\rbatch {done}/{total} loss {loss:.4f}",
-                                                                    end="", flush=True))
-    seconds = time.monotonic() - started
-    print(f"\ntrained on {len(samples)} lesion masks in {seconds:.0f} s (loss {losses[0]:.3f} -> {losses[-1]:.3f})")
-    images, truths, starts, judged = lesion_cases(data, held)
-    targets = (0.85, 0.90)
-    results = methods_run(images, truths, starts, refiner, targets, args.max_clicks, ("grabcut", "learned"))
-    print(f"held out: {len(judged)} lesion masks")
-    print(clicks_table(results, targets, args.max_clicks))
-    nocs = {m: sessions_summary(s, targets, args.max_clicks)["noc"][0.85] for m, s in results.items()}
-    keep = len(judged) > 0 and nocs["learned"] < nocs["grabcut"]
-    print("the learned refiner " + ("needs fewer clicks: kept" if keep else "is no better than GrabCut: not kept"))
-    if args.write and keep:
-        ensemble.refiner = net
-        ensemble.manifest.refiner = net.config
-        ensemble.manifest.metrics["refiner"] = {
-            "train_masks": len(samples), "held_out_masks": len(judged), "epochs": args.epochs, "seed": args.seed,
-            "training_seconds": round(seconds), "noc85": {m: round(v, 2) for m, v in nocs.items()},
-            "data": str(args.data)}
-        save_ensemble(ensemble, args.model)
-        print(f"written into {Path(args.model)}")
