@@ -34,7 +34,7 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><link rel="stylesheet
     <div class="stage" data-stage style="width: {size}px; height: {size}px">
       <img src="/scan.png" data-picture>
       <canvas class="overlay" data-mask-canvas></canvas>
-      <svg class="guides" data-guides viewBox="0 0 {size} {size}"><polyline data-polygon points=""/><circle data-cursor r="0"/></svg>
+      <svg class="guides" data-guides viewBox="0 0 {size} {size}"><polyline data-polygon points=""/><g data-clicks></g><circle data-cursor r="0"/></svg>
     </div>
   </div>
 </div></section></main>

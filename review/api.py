@@ -1,7 +1,9 @@
-"""The review API: save and restore mask versions, approve, reject or requeue an image, and read the queue. Only
-admins and the project's radiologists may change anything; viewers get 403, outsiders 404."""
+"""The review API: save and restore mask versions, refine a mask with clicks, approve, reject or requeue an image,
+and read the queue. Only admins and the project's radiologists may change anything; viewers get 403, outsiders 404."""
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -9,15 +11,21 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotator import access
+from annotator.masks.refine import GRABCUT, LEARNED, ClicksError, image_mask_refine
 from annotator.masks.services import StaleMaskError, mask_restore, mask_upload
 from annotator.png import MaskError
 from annotator.serializers import ImageListSerializer, ImageSerializer, MaskSerializer
 from annotator.validation import query_validated, request_validated
 from review import selectors, services
 from review.serializers import (ApproveRequestSerializer, DecisionRequestSerializer, MaskUploadRequestSerializer,
-                                RestoreRequestSerializer, ReviewQueueQuerySerializer, StaleMaskSerializer)
+                                RefineRequestSerializer, RestoreRequestSerializer, ReviewQueueQuerySerializer,
+                                StaleMaskSerializer)
 
 STALE = OpenApiResponse(StaleMaskSerializer, description="a newer version was saved since `parent_version`")
+REFINED_PNG = OpenApiResponse(OpenApiTypes.BINARY, description="the refined mask: a PNG of 0 and 255, the image's size")
+REFINER_HEADER = OpenApiParameter("X-Refiner", location=OpenApiParameter.HEADER, response=[200],
+                                  enum=[LEARNED, GRABCUT],
+                                  description="which refiner answered: the checkpoint's learned one, or GrabCut")
 
 
 def _stale_response(error: StaleMaskError) -> Response:
@@ -41,6 +49,27 @@ class MaskUploadApi(APIView):
         except StaleMaskError as error:
             return _stale_response(error)
         return Response(MaskSerializer(mask, context={"request": request}).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(request={"multipart/form-data": RefineRequestSerializer}, responses={(200, "image/png"): REFINED_PNG},
+               parameters=[REFINER_HEADER])
+class MaskRefineApi(APIView):
+    """POST the mask drawn so far (`mask`, optional: none is an empty mask) and every click of the correction so far
+    (`clicks`): the mask redrawn around them. Nothing is stored; a save is a mask upload as for any drawing."""
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    def post(self, request, pk):
+        image = access.image_for_review(request.user, pk)
+        data = request_validated(request, RefineRequestSerializer)
+        mask = data.get("mask")
+        try:
+            refined = image_mask_refine(image, mask.read() if mask else None, data["clicks"])
+        except MaskError as error:
+            raise ValidationError({"mask": [str(error)]})
+        except ClicksError as error:
+            raise ValidationError({"clicks": [str(error)]})
+        return HttpResponse(refined.png, content_type="image/png", headers={"X-Refiner": refined.refiner})
 
 
 @extend_schema(request=RestoreRequestSerializer, responses={201: MaskSerializer, 409: STALE})

@@ -14,6 +14,7 @@ urlpatterns = [
     path("review/images/<int:pk>/history/", views.image_history, name="review-history"),
     path("api/images/<int:pk>/masks/", api.MaskUploadApi.as_view()),
     path("api/images/<int:pk>/masks/<int:version>/restore/", api.MaskRestoreApi.as_view()),
+    path("api/images/<int:pk>/refine/", api.MaskRefineApi.as_view(), name="mask-refine"),
     path("review/images/<int:pk>/masks/<int:version>/restore/", views.restore, name="review-restore"),
     # Decisions on it
     path("review/images/<int:pk>/approve/", views.approve, name="review-approve"),

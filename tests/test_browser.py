@@ -218,6 +218,58 @@ def test_a_drawing_undone_past_the_history_still_counts_as_unsaved(team, live_se
     page.close()
 
 
+def test_a_few_clicks_redraw_the_mask_undo_drops_a_click_and_the_result_saves_as_a_version(team, live_server, browser,
+                                                                                           transactional_db):
+    image = annotated_image(team.project, "scan.png", picture=SCAN, flagged=True, box=MODEL_BOX)
+    page = logged_in_page(browser, live_server, "radiologist")
+    page.goto(f"{live_server.url}/review/images/{image.pk}/")
+    editor_ready(page, 40 * 40)
+    pixels = lambda: page.evaluate("window.maskEditor.foregroundPixels()")  # noqa: E731
+    session = lambda: page.evaluate("window.maskEditor.clickSession().length")  # noqa: E731
+    refined = "!window.maskEditor.refining && window.maskEditor.pendingClicks.length === 0"
+    lesion = ((LESION_BOX[0] + LESION_BOX[2]) // 2, (LESION_BOX[1] + LESION_BOX[3]) // 2)
+
+    page.keyboard.press("s")
+    assert page.evaluate("window.maskEditor.tool") == "clicks"
+    page.mouse.click(*screen_point(page, *lesion))
+    wait_until(page, f"{refined} && window.maskEditor.clickSession().length === 1")
+    assert pixels() != 40 * 40 and bit(page, *lesion) == 1
+    assert page.locator("[data-clicks] circle.positive").count() == 1
+    assert "Unsaved" in page.inner_text("[data-save-status]")
+
+    page.keyboard.press("Control+z")  # the refinement and its click are gone
+    assert pixels() == 40 * 40 and session() == 0
+    assert page.locator("[data-clicks] circle").count() == 0
+
+    page.mouse.click(*screen_point(page, *lesion))
+    wait_until(page, f"{refined} && window.maskEditor.clickSession().length === 1")
+    page.mouse.click(*screen_point(page, 40, 40), button="right")  # "not lesion" on the model's box
+    wait_until(page, f"{refined} && window.maskEditor.clickSession().length === 2")
+    assert bit(page, 40, 40) == 0 and bit(page, *lesion) == 1
+    assert page.locator("[data-clicks] circle.negative").count() == 1
+    # Clicks made while a request is in flight wait for it and go in the next one, with the session's.
+    page.evaluate(f"""() => {{
+        const editor = window.maskEditor;
+        for (const x of [{lesion[0] - 10}, {lesion[0] + 10}]) {{
+            editor.clickStart({{x, y: {lesion[1]}}}, true);
+            editor.clickEnd();
+        }}
+    }}""")
+    wait_until(page, f"{refined} && window.maskEditor.clickSession().length === 4")
+    assert page.evaluate("window.maskEditor.undoStack.map((entry) => entry.clicks.length)") == [1, 2, 3, 4]
+    shown = page.evaluate("Array.from(window.maskEditor.bits)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "review-clicks.png"))
+
+    page.keyboard.press("Control+s")
+    wait_until(page, "document.querySelector('[data-save-status]').textContent.includes('Saved as version 2')")
+    assert session() == 0 and page.locator("[data-clicks] circle").count() == 0  # a save ends the session
+    page.close()
+    saved = Image.objects.get(pk=image.pk).masks.get(version=2)
+    assert saved.source == Mask.Source.HUMAN and saved.author == team.radiologist
+    assert np.array_equal(mask_array(saved).ravel(), np.array(shown, dtype=bool))
+
+
 def test_job_and_fine_tuning_progress_follow_the_api_and_the_page_reloads_when_they_end(team, live_server, browser,
                                                                                         transactional_db):
     job = Job.objects.create(project=team.project, source_name="scans.zip", status=Job.Status.RUNNING, imported=4)

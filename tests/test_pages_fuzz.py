@@ -3,12 +3,18 @@ generated query strings and form bodies, as an admin, a radiologist and an outsi
 
 The pages have no schema, so the parameter names are those the templates send (form fields and query strings) and a
 few arbitrary ones; the ids in the paths are those of a real project, image, mask version, fine-tuning run and model
-version. Each request runs in a savepoint that is rolled back, so every example starts from the same data."""
+version. Each request runs in a savepoint that is rolled back, so every example starts from the same data.
+
+The click refinement takes a JSON list inside a form field, which Schemathesis only sees as a string: it gets its own
+Hypothesis test below, with generated click lists (any coordinate, any key, too many) and masks."""
 import itertools
+import json
 import re
 import zlib
 from http.cookies import SimpleCookie
 
+import numpy as np
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, get_resolver
@@ -17,8 +23,9 @@ from hypothesis import strategies as st
 
 from annotator.masks.services import mask_create
 from annotator.models import Mask, ModelVersion, Project, TrainingRun
+from annotator.png import png_encode
 from review.services import image_reject
-from tests.conftest import ROOT
+from tests.conftest import ROOT, png_bytes
 from tests.factories import annotated_image, box_mask
 
 EXAMPLES = 40  # per page and role; each sends the page a GET and a POST
@@ -121,3 +128,45 @@ def test_no_page_answers_a_server_error_to_any_query_or_form(team):
         except AssertionError as failure:
             failures.append(str(failure).split("\nassert")[0])
     assert not failures, "\n".join(failures)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=8)
+COORDINATES = st.one_of(st.floats(-5, 45), st.integers(-5, 45), st.floats(), st.just(10 ** 400), JSON_VALUES)
+CLICK = st.one_of(
+    st.fixed_dictionaries({"x": COORDINATES, "y": COORDINATES, "positive": st.one_of(st.booleans(), JSON_VALUES)}),
+    st.dictionaries(st.sampled_from(["x", "y", "positive", "z"]), JSON_VALUES, max_size=4), JSON_VALUES)
+# Well-formed clicks on the 40x30 image (twice as likely, as are drawn masks of its size): the refiner
+# itself runs on many examples.
+USABLE_CLICK = st.fixed_dictionaries({"x": st.floats(0, 39.9), "y": st.floats(0, 29.9), "positive": st.booleans()})
+CLICKS = st.one_of(st.lists(USABLE_CLICK, min_size=1, max_size=12).map(json.dumps),
+                   st.lists(USABLE_CLICK, min_size=1, max_size=12).map(json.dumps),
+                   st.lists(CLICK, max_size=6).map(json.dumps),
+                   st.lists(CLICK, min_size=95, max_size=110).map(json.dumps),
+                   JSON_VALUES.map(json.dumps), st.text(max_size=30), st.sampled_from(HOSTILE), st.just("[" * 5000))
+DRAWN_MASKS = st.binary(min_size=40 * 30, max_size=40 * 30).map(
+    lambda noise: png_encode(np.frombuffer(noise, np.uint8).reshape(30, 40) > 200))
+MASKS = st.one_of(st.none(), DRAWN_MASKS, DRAWN_MASKS, st.binary(max_size=64),
+                  st.builds(png_bytes, st.integers(1, 60), st.integers(1, 60)))
+
+
+def test_no_clicks_or_mask_sent_to_the_refinement_answers_a_server_error_or_stores_anything(team):
+    image = annotated_image(team.project, "first.png", flagged=True)
+    client = Client(raise_request_exception=False)
+    client.force_login(team.radiologist)
+
+    @seed(12)
+    @settings(max_examples=150, deadline=None, database=None, phases=[Phase.generate, Phase.shrink],
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(clicks=st.one_of(CLICKS, st.none()), mask=MASKS)
+    def refine_answers(clicks, mask):
+        form = {} if clicks is None else {"clicks": clicks}
+        if mask is not None:
+            form["mask"] = SimpleUploadedFile("mask.png", mask, content_type="image/png")
+        response = client.post(f"/api/images/{image.pk}/refine/", form)
+        error = f"{response.exc_info[0].__name__}: {response.exc_info[1]}"[:300] if response.exc_info else ""
+        assert response.status_code in (200, 400), f"clicks={str(clicks)[:200]}: {response.status_code} {error}"
+        assert image.masks.count() == 1
+
+    refine_answers()

@@ -1,11 +1,18 @@
-// The canvas mask editor: brush, eraser, flood fill, polygon fill, clear, undo/redo, zoom and pan, and saving the
-// mask as a PNG to the API. Everything it needs comes from data- attributes of its root element:
+// The canvas mask editor: brush, eraser, flood fill, polygon fill, clicks refined by the server, clear, undo/redo,
+// zoom and pan, and saving the mask as a PNG to the API. Everything it needs comes from data- attributes of its root
+// element:
 //   data-width, data-height      the image's size in pixels (the mask has the same size)
 //   data-mask-src                the PNG of the mask version to start from (optional: empty mask)
 //   data-mask-version            that version's number, sent as parent_version so a stale save answers 409
 //   data-save-url, data-csrf-token, data-editable ("true" for reviewers; otherwise only zoom and pan)
+//   data-refine-url              where the clicks tool sends the mask and its clicks (POST /api/images/{id}/refine/)
 // The mask lives twice: `bits` (one byte per pixel, 0 or 1) is the truth that is saved; the visible canvas is
 // redrawn from it only in the rectangle each edit touched, so an edit costs the size of the edit, not of the image.
+//
+// The clicks tool: a click (or a stroke, sampled every CLICK_SPACING pixels) says "lesion here", a right click or
+// Shift+click "not lesion"; the server redraws the mask around every click of the session and the answer becomes one
+// ordinary undo entry that also holds the session's clicks. The session is the clicks of the top undo entry when it
+// is a refinement not yet saved: any other edit or a save ends it, undo drops its last click, redo brings it back.
 
 const HISTORY_LIMIT = 100;
 const HISTORY_BYTES = 256 * 1024 ** 2; // undo entries hold rectangles: on huge images, clears and fills add up
@@ -13,6 +20,9 @@ const UNREACHABLE = {}; // the saved state after the undo history no longer reac
 const MIN_SIZE = 1;
 const MAX_SIZE = 400;
 const MAX_ZOOM = 32;
+const MAX_CLICKS = 100; // ml/interactive.py's MAX_CLICKS: the server refuses more in one request
+const CLICK_SPACING = 8; // image pixels between the clicks a stroke of the clicks tool is sampled into
+const STROKE_CLICKS = 30; // at most this many from one stroke: a long one is sampled more sparsely
 
 export class MaskEditor {
   constructor(root) {
@@ -21,6 +31,7 @@ export class MaskEditor {
     this.height = Number(root.dataset.height);
     this.version = root.dataset.maskVersion ? Number(root.dataset.maskVersion) : null;
     this.saveUrl = root.dataset.saveUrl;
+    this.refineUrl = root.dataset.refineUrl;
     this.csrfToken = root.dataset.csrfToken;
     this.editable = root.dataset.editable === "true";
     this.color = (root.dataset.color || "255,59,48").split(",").map(Number);
@@ -31,6 +42,7 @@ export class MaskEditor {
     this.guides = root.querySelector("[data-guides]");
     this.cursor = this.guides.querySelector("[data-cursor]");
     this.polygonLine = this.guides.querySelector("[data-polygon]");
+    this.clickMarkers = this.guides.querySelector("[data-clicks]");
     this.canvas.width = this.width;
     this.canvas.height = this.height;
     this.ctx = this.canvas.getContext("2d", { willReadFrequently: true });
@@ -49,6 +61,10 @@ export class MaskEditor {
     this.panning = null;
     this.spaceHeld = false;
     this.saving = null;
+    this.clickStroke = null; // the clicks tool's stroke in progress: its sampled points
+    this.clickMarkersKey = ""; // what the click markers show, so that zoom and pan only resize them
+    this.pendingClicks = []; // clicks waiting for a refinement, sent one request at a time
+    this.refining = null; // the refinement in flight (a promise), or null
 
     this.ready = this.load(root.dataset.maskSrc);
     this.bindPointer();
@@ -64,6 +80,12 @@ export class MaskEditor {
 
   top() {
     return this.undoStack[this.undoStack.length - 1] || null;
+  }
+
+  // The clicks of the refinement session: those of the top undo entry when it is a refinement not yet saved.
+  clickSession() {
+    const top = this.top();
+    return top && top.clicks && top !== this.savedEntry ? top.clicks : [];
   }
 
   foregroundPixels() {
@@ -91,14 +113,21 @@ export class MaskEditor {
     const picture = new Image();
     picture.src = src;
     await picture.decode();
+    this.bits.set(this.pictureBits(picture));
+    this.paint(0, 0, this.width, this.height);
+  }
+
+  // A mask picture (a PNG of 0 and 255, the image's size) as one byte per pixel, 0 or 1.
+  pictureBits(picture) {
     const scratch = document.createElement("canvas");
     scratch.width = this.width;
     scratch.height = this.height;
     const scratchCtx = scratch.getContext("2d", { willReadFrequently: true });
     scratchCtx.drawImage(picture, 0, 0);
     const data = scratchCtx.getImageData(0, 0, this.width, this.height).data;
-    for (let i = 0; i < this.bits.length; i++) this.bits[i] = data[i * 4] > 0 ? 1 : 0;
-    this.paint(0, 0, this.width, this.height);
+    const bits = new Uint8Array(this.width * this.height);
+    for (let i = 0; i < bits.length; i++) bits[i] = data[i * 4] > 0 ? 1 : 0;
+    return bits;
   }
 
   // ---- drawing the bits onto the visible canvas ----
@@ -139,12 +168,13 @@ export class MaskEditor {
     this.paint(x, y, w, h);
   }
 
-  record(area, before) {
+  // `clicks`: a refinement's session clicks, kept even when no pixel changed, so that the click still counts.
+  record(area, before, clicks = null) {
     const after = this.snapshot(area);
-    if (after.every((v, i) => v === before[i])) return;
+    if (!clicks && after.every((v, i) => v === before[i])) return;
     this.historyBytes -= this.redoStack.reduce((sum, entry) => sum + entry.before.length * 2, 0);
     this.redoStack = [];
-    this.undoStack.push({ area, before, after });
+    this.undoStack.push({ area, before, after, clicks });
     this.historyBytes += before.length * 2;
     while (this.undoStack.length > 1 && (this.undoStack.length > HISTORY_LIMIT || this.historyBytes > HISTORY_BYTES)) {
       const dropped = this.undoStack.shift();
@@ -298,6 +328,124 @@ export class MaskEditor {
     this.commitCanvas(this.region(Math.min(...xs) - 2, Math.min(...ys) - 2, Math.max(...xs) + 2, Math.max(...ys) + 2));
   }
 
+  // ---- clicks: a click or a stroke's sampled points, sent with the session's to the server, one request at a time ----
+  clickStart(point, positive) {
+    this.clickStroke = [{ ...point, positive }];
+    this.drawClicks();
+  }
+
+  clickTo(point) {
+    const last = this.clickStroke[this.clickStroke.length - 1];
+    if (Math.hypot(point.x - last.x, point.y - last.y) < CLICK_SPACING) return;
+    this.clickStroke.push({ ...point, positive: last.positive });
+    this.drawClicks();
+  }
+
+  clickEnd() {
+    const inside = this.clickStroke.filter((c) => c.x >= 0 && c.y >= 0 && c.x < this.width && c.y < this.height);
+    this.clickStroke = null;
+    const count = Math.min(inside.length, STROKE_CLICKS); // evenly along the stroke, its ends included
+    const clicks = Array.from({ length: count }, (_, k) => inside[count > 1 ? Math.round(k * (inside.length - 1) / (count - 1)) : 0]);
+    if (!clicks.length) {
+      this.drawClicks();
+      return;
+    }
+    this.pendingClicks.push(...clicks);
+    if (!this.refining) this.refining = this.refineQueued().finally(() => { this.refining = null; this.changed(); });
+    this.changed();
+  }
+
+  // Clicks made while a request is in flight wait for it, then go together in the next one.
+  async refineQueued() {
+    while (this.pendingClicks.length) {
+      const added = this.pendingClicks.slice();
+      // Past MAX_CLICKS the oldest clicks are left out: the mask sent already shows what they said.
+      const clicks = this.clickSession().concat(added).slice(-MAX_CLICKS);
+      const base = this.top();
+      let bits = await this.refineRequest(clicks);
+      if (bits && this.top() !== base) {
+        this.status("The mask changed while the clicks were on their way: they were not applied. Click again.", "error");
+        bits = null;
+      }
+      if (!bits) {
+        this.pendingClicks = []; // those queued behind were meant for the mask these clicks would have given
+        return;
+      }
+      this.pendingClicks = this.pendingClicks.slice(added.length);
+      this.refineApply(bits, clicks);
+    }
+  }
+
+  // The refined mask as bits, or null with the reason on the status line.
+  async refineRequest(clicks) {
+    const failed = (reason) => {
+      this.status(`Clicks not applied: ${reason}. The mask is as it was.`, "error");
+      return null;
+    };
+    let response;
+    try {
+      const form = new FormData();
+      form.append("mask", await this.toBlob(), "mask.png");
+      form.append("clicks", JSON.stringify(clicks));
+      response = await fetch(this.refineUrl, {
+        method: "POST", body: form, credentials: "same-origin", headers: { "X-CSRFToken": this.csrfToken },
+      });
+      if (response.ok) return this.pictureBits(await createImageBitmap(await response.blob()));
+    } catch (error) {
+      return failed(response ? `the answer could not be read (${error.message})`
+        : `the server could not be reached (${error.message})`);
+    }
+    const body = await response.json().catch(() => ({}));
+    return failed([body.clicks, body.mask, body.detail].flat().filter(Boolean).join(" ") || `HTTP ${response.status}`);
+  }
+
+  // The server's mask as one undo entry over the rectangle of the pixels it changed (the last click's pixel when it
+  // changed none: the entry still holds the session's clicks).
+  refineApply(bits, clicks) {
+    let minX = this.width, minY = this.height, maxX = -1, maxY = -1;
+    for (let y = 0; y < this.height; y++) {
+      const row = y * this.width;
+      for (let x = 0; x < this.width; x++) {
+        if (bits[row + x] === this.bits[row + x]) continue;
+        if (x < minX) minX = x;
+        if (x > maxX) maxX = x;
+        if (y < minY) minY = y;
+        maxY = y;
+      }
+    }
+    const last = clicks[clicks.length - 1];
+    const area = maxX < 0 ? { x: Math.floor(last.x), y: Math.floor(last.y), w: 1, h: 1 }
+      : { x: minX, y: minY, w: maxX - minX + 1, h: maxY - minY + 1 };
+    const before = this.snapshot(area);
+    for (let row = area.y; row < area.y + area.h; row++) {
+      const start = row * this.width + area.x;
+      this.bits.set(bits.subarray(start, start + area.w), start);
+    }
+    this.paint(area.x, area.y, area.w, area.h);
+    this.record(area, before, clicks);
+  }
+
+  // The session's clicks and those not applied yet (hollow) as markers: green "lesion here", red "not lesion".
+  drawClicks() {
+    const session = this.clickSession();
+    const shown = session.concat(this.pendingClicks, this.clickStroke || []);
+    const key = `${session.length}|${shown.map((c) => `${c.x},${c.y},${c.positive}`).join(" ")}`;
+    if (key !== this.clickMarkersKey) {
+      this.clickMarkersKey = key;
+      this.clickMarkers.replaceChildren(...shown.map((click, i) => {
+        const marker = document.createElementNS("http://www.w3.org/2000/svg", "circle");
+        marker.setAttribute("cx", click.x);
+        marker.setAttribute("cy", click.y);
+        marker.setAttribute("class", `${click.positive ? "positive" : "negative"}${i >= session.length ? " pending" : ""}`);
+        return marker;
+      }));
+    }
+    for (const marker of this.clickMarkers.children) {
+      marker.setAttribute("r", 4 / this.zoom.scale);
+      marker.setAttribute("stroke-width", 1.5 / this.zoom.scale);
+    }
+  }
+
   drawGuides(point) {
     const points = this.polygon.map((p) => `${p.x},${p.y}`);
     if (point && this.polygon.length) points.push(`${point.x},${point.y}`);
@@ -375,9 +523,13 @@ export class MaskEditor {
         event.preventDefault();
         return;
       }
-      if (event.button !== 0) return;
+      const clicking = this.editing && this.tool === "clicks" && (event.button === 0 || event.button === 2);
+      if (event.button !== 0 && !clicking) return;
       const point = this.imagePoint(event);
-      if (this.tool === "brush" || this.tool === "eraser") {
+      if (clicking) {
+        viewport.setPointerCapture(event.pointerId);
+        this.clickStart(point, event.button === 0 && !event.shiftKey); // right button or Shift: "not lesion"
+      } else if (this.tool === "brush" || this.tool === "eraser") {
         viewport.setPointerCapture(event.pointerId);
         this.strokeStart(point);
       } else if (this.tool === "fill") {
@@ -397,10 +549,15 @@ export class MaskEditor {
         const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
         for (const each of events.length ? events : [event]) this.strokeTo(this.imagePoint(each));
       }
+      if (this.clickStroke) {
+        const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+        for (const each of events.length ? events : [event]) this.clickTo(this.imagePoint(each));
+      }
       this.drawGuides(this.imagePoint(event));
     });
     const end = () => {
       if (this.stroke) this.strokeEnd();
+      if (this.clickStroke) this.clickEnd();
       if (this.panning) {
         this.panning = null;
         viewport.classList.remove("panning");
@@ -454,7 +611,7 @@ export class MaskEditor {
       if (event.altKey) return;
       const handled = {
         b: () => this.setTool("brush"), e: () => this.setTool("eraser"), f: () => this.setTool("fill"),
-        p: () => this.setTool("polygon"), v: () => this.setTool("pan"),
+        p: () => this.setTool("polygon"), s: () => this.setTool("clicks"), v: () => this.setTool("pan"),
         "[": () => this.setSize(this.size / 1.2 - 0.5), "]": () => this.setSize(this.size * 1.2 + 0.5),
         "+": () => this.zoomAt(1.25), "=": () => this.zoomAt(1.25), "-": () => this.zoomAt(0.8), "0": () => this.fit(),
         enter: () => this.polygonClose(), escape: () => { this.polygon = []; this.drawGuides(); },
@@ -532,12 +689,13 @@ export class MaskEditor {
     this.root.dispatchEvent(new CustomEvent("mask:status", { detail: { text, kind, conflictVersion } }));
   }
 
-  // Lets the page redraw its controls (active tool, size, undo/redo availability, unsaved marker).
+  // Lets the page redraw its controls (active tool, size, undo/redo availability, unsaved marker, refining).
   changed() {
+    this.drawClicks();
     this.root.dispatchEvent(new CustomEvent("mask:changed", {
       detail: {
         tool: this.tool, size: this.size, zoom: this.zoom.scale, dirty: this.dirty, saving: Boolean(this.saving),
-        canUndo: this.undoStack.length > 0, canRedo: this.redoStack.length > 0,
+        refining: Boolean(this.refining), canUndo: this.undoStack.length > 0, canRedo: this.redoStack.length > 0,
       },
     }));
   }

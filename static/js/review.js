@@ -126,6 +126,7 @@ editorRoot.addEventListener("mask:changed", ({ detail }) => {
     editorRoot.querySelector('[data-action="redo"]').disabled = !detail.canRedo;
   }
   root.classList.toggle("unsaved", detail.dirty);
+  root.classList.toggle("refining", detail.refining);
   if (detail.dirty && !detail.saving && conflictVersion === null) saveStatus.textContent = "Unsaved changes (Ctrl+S saves)";
 });
 
