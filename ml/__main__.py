@@ -1,6 +1,5 @@
-"""Command line: `python -m ml split | train | tune | segment | learning-curve | refiner | clicks | annotate | evaluate |
-bench` (each
-with --help)."""
+"""Command line: `python -m ml split | train | tune | segment | learning-curve | refiner | clicks | annotate |
+evaluate | bench` (each with --help)."""
 from __future__ import annotations
 
 import argparse
@@ -256,7 +255,7 @@ def _refiner(args) -> None:
 
 
 def _clicks_register(commands) -> None:
-    parser = commands.add_parser("clicks", help="the simulated radiologist: clicks to correct each proposal, per method")
+    parser = commands.add_parser("clicks", help="the simulated radiologist: clicks to correct proposals, per method")
     _labelled_data_arguments(parser, "manifest CSV: filename,label[,mask_path] of images with lesion masks")
     parser.add_argument("--target-iou", type=float, default=0.85, help="NoC counts the clicks to reach this IoU")
     parser.add_argument("--max-clicks", type=int, default=20, help="a correction that never gets there counts this")

@@ -209,22 +209,18 @@ def finetune(ensemble_dir: str | Path, samples: list[FinetuneSample], out_dir: s
                                                                member_progress, should_stop)
         seconds[arch] = round(time.monotonic() - member_started, 1)
 
-    segmenter = {}
-    if config.segmenter_epochs:
-        def segmenter_progress(done, total, loss):
+    def stage_progress(stage: str):
+        def progress(done, total, loss):
             if should_stop():
                 raise FinetuneCancelled
-            on_progress(PROGRESS_TRAINED, f"segmentation member: batch {done}/{total}, loss {loss:.3f}")
+            on_progress(PROGRESS_TRAINED, f"{stage}: batch {done}/{total}, loss {loss:.3f}")
+        return progress
 
-        segmenter = segmenter_finetune(candidate, [samples[i] for i in train], held, config, segmenter_progress)
-    refiner = {}
-    if config.refiner_epochs:
-        def refiner_progress(done, total, loss):
-            if should_stop():
-                raise FinetuneCancelled
-            on_progress(PROGRESS_TRAINED, f"click refiner: batch {done}/{total}, loss {loss:.3f}")
-
-        refiner = refiner_finetune(candidate, [samples[i] for i in train], held, config, refiner_progress)
+    trained = [samples[i] for i in train]
+    segmenter = (segmenter_finetune(candidate, trained, held, config, stage_progress("segmentation member"))
+                 if config.segmenter_epochs else {})
+    refiner = (refiner_finetune(candidate, trained, held, config, stage_progress("click refiner"))
+               if config.refiner_epochs else {})
     masks_used = sum(item.mask is not None for item in items)
     candidate.manifest.weights_dtype = config.weights_dtype
     candidate.manifest.metrics = {}
@@ -237,7 +233,8 @@ def finetune(ensemble_dir: str | Path, samples: list[FinetuneSample], out_dir: s
         "epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
         "weight_decay": config.weight_decay, "cam_weight": config.cam_weight, "cam_term": "1 - soft IoU",
         "last_epoch_cross_entropy": cross_entropy, "last_epoch_cam_term": cam_loss,
-        "seconds_per_member": seconds, "segmenter": segmenter, "refiner": refiner, "seed": config.seed, "code_version": code_version(),
+        "seconds_per_member": seconds, "segmenter": segmenter, "refiner": refiner, "seed": config.seed,
+        "code_version": code_version(),
     }
     out_dir = Path(out_dir)
     save_ensemble(candidate, out_dir)

@@ -26,7 +26,7 @@ import torch
 
 from ml.checkpoint import weights_load
 from ml.config import EnsembleManifest, SegmenterConfig
-from ml.segment import SegmentationNet, normalise, segmenter_loss
+from ml.segment import SegmentationNet, batches_train, normalise, segmenter_loss
 
 REFINER_NAME = "refiner.safetensors"
 REFINER_CHANNELS = 6  # the image's three, the current mask, positive and negative click disks
@@ -83,7 +83,8 @@ def clicks_honour(mask: np.ndarray, clicks: list[Click]) -> np.ndarray:
 
 def focus_box(mask: np.ndarray, clicks: list[Click], margin: float = FOCUS_MARGIN) -> tuple[int, int, int, int] | None:
     """The crop (x0, y0, x1, y1) a refinement looks at: the box of the mask and the positive clicks, grown by
-    `margin` of its side each way, at least MIN_FOCUS (EMPTY_FOCUS) of the image; None when there is neither (nothing to refine)."""
+    `margin` of its side each way, at least MIN_FOCUS (EMPTY_FOCUS) of the image; None when there is neither
+    (nothing to refine)."""
     height, width = mask.shape
     ys, xs = np.nonzero(mask)
     xs = np.concatenate([xs, [c.x for c in clicks if c.positive]])
@@ -313,41 +314,18 @@ def refiner_train(refiner: ClickRefiner, samples: list[RefinerSample], config: R
     after every batch (it may raise to stop)."""
     if len(samples) < 2:
         raise ValueError("the click refiner needs at least two lesion images with a mask")
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    net = refiner.net
-    net.to(refiner.device).train()
-    optimizer = torch.optim.AdamW(net.parameter_groups(config.learning_rate), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    losses, done, total = [], 0, config.epochs * -(-len(samples) // config.batch_size)
-    for epoch in range(config.epochs):
-        order = list(range(len(samples)))
-        rng.shuffle(order)
-        epoch_losses = []
-        for start in range(0, len(order), config.batch_size):
-            chunk = [samples[i] for i in order[start:start + config.batch_size]]
-            if len(chunk) < 2:
-                continue
-            images, truths, masks, clicks = _training_states(refiner, chunk, config, rng)
-            boxes = [focus_box(m, c, rng.uniform(0.2, 0.7)) or _whole(m) for m, c in zip(masks, clicks)]
-            size = net.config.input_size
-            targets = torch.from_numpy(np.stack([
-                cv2.resize(t[y0:y1, x0:x1].astype(np.float32), (size, size), interpolation=cv2.INTER_NEAREST)
-                for t, (x0, y0, x1, y1) in zip(truths, boxes)]))[:, None].to(refiner.device)
-            logits = net(refiner.inputs(images, masks, clicks, boxes))
-            loss = segmenter_loss(logits, targets, torch.ones_like(targets))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            epoch_losses.append(loss.item())
-            done += 1
-            if on_batch is not None:
-                on_batch(done, total, float(np.mean(epoch_losses)))
-        scheduler.step()
-        losses.append(float(np.mean(epoch_losses)))
-    net.eval()
-    return losses
+    size = refiner.net.config.input_size
+
+    def batch_loss(chunk: list[int], rng: random.Random) -> torch.Tensor:
+        images, truths, masks, clicks = _training_states(refiner, [samples[i] for i in chunk], config, rng)
+        boxes = [focus_box(m, c, rng.uniform(0.2, 0.7)) or _whole(m) for m, c in zip(masks, clicks)]
+        targets = torch.from_numpy(np.stack([
+            cv2.resize(t[y0:y1, x0:x1].astype(np.float32), (size, size), interpolation=cv2.INTER_NEAREST)
+            for t, (x0, y0, x1, y1) in zip(truths, boxes)]))[:, None].to(refiner.device)
+        logits = refiner.net(refiner.inputs(images, masks, clicks, boxes))
+        return segmenter_loss(logits, targets, torch.ones_like(targets))
+
+    return batches_train(refiner.net, len(samples), config, batch_loss, refiner.device, on_batch, "click refiner")
 
 
 def _whole(mask: np.ndarray) -> tuple[int, int, int, int]:

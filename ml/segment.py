@@ -157,28 +157,42 @@ def segmenter_train(net: SegmentationNet, targets: list[MaskTarget], config: Seg
     `on_batch(done, total, loss)` after every batch (it may raise to stop)."""
     if len(targets) < 2:
         raise ValueError("the segmentation member needs at least two images with a target")
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
     size = net.config.input_size
     augment = augmentation(size)
     preloaded = [_target_preload(target, size) for target in targets]
+
+    def batch_loss(chunk: list[int], rng: random.Random) -> torch.Tensor:
+        pictures, labels = zip(*(augment(*preloaded[i]) for i in chunk))
+        batch = normalise(torch.stack([picture.float() / 255 for picture in pictures]), mean, std).to(device)
+        stacked = torch.stack([label.float() for label in labels]).to(device)  # (batch, 2, H, W): mask, weight
+        return segmenter_loss(net(batch), stacked[:, :1], stacked[:, 1:])
+
+    return batches_train(net, len(preloaded), config, batch_loss, device, on_batch, "segmentation member")
+
+
+def batches_train(net: SegmentationNet, count: int, config,
+                  batch_loss: Callable[[list[int], random.Random], torch.Tensor], device: str | torch.device,
+                  on_batch: Callable[[int, int, float], None] | None, name: str) -> list[float]:
+    """The training loop of the member and the click refiner: `config.epochs` passes over `count` items in shuffled
+    batches (a last batch of one is skipped: BatchNorm), AdamW with the encoder at a tenth of the rate, a cosine
+    schedule; `batch_loss(indices, rng)` gives a batch's loss, drawing any randomness from `rng` (seeded by
+    `config.seed`). Leaves the net in eval mode; the mean loss per epoch."""
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
     net.to(device).train()
     optimizer = torch.optim.AdamW(net.parameter_groups(config.learning_rate), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    losses, done, total = [], 0, config.epochs * -(-len(preloaded) // config.batch_size)
+    losses, done, total = [], 0, config.epochs * -(-count // config.batch_size)
     for epoch in range(config.epochs):
-        order = list(range(len(preloaded)))
+        order = list(range(count))
         rng.shuffle(order)
         epoch_losses = []
-        for start in range(0, len(order), config.batch_size):
+        for start in range(0, count, config.batch_size):
             chunk = order[start:start + config.batch_size]
             if len(chunk) < 2:
                 continue
-            pictures, labels = zip(*(augment(*preloaded[i]) for i in chunk))
-            batch = normalise(torch.stack([picture.float() / 255 for picture in pictures]), mean, std).to(device)
-            stacked = torch.stack([label.float() for label in labels]).to(device)  # (batch, 2, H, W): mask, weight
-            loss = segmenter_loss(net(batch), stacked[:, :1], stacked[:, 1:])
+            loss = batch_loss(chunk, rng)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -188,7 +202,7 @@ def segmenter_train(net: SegmentationNet, targets: list[MaskTarget], config: Seg
                 on_batch(done, total, float(np.mean(epoch_losses)))
         scheduler.step()
         losses.append(float(np.mean(epoch_losses)))
-        log.info("segmentation member epoch %d/%d: loss %.4f", epoch + 1, config.epochs, losses[-1])
+        log.info("%s epoch %d/%d: loss %.4f", name, epoch + 1, config.epochs, losses[-1])
     net.eval()
     return losses
 

@@ -56,13 +56,17 @@ def folder_version(folder) -> str:
     return f"{Path(folder).name}@{manifest_hash}"
 
 
+def project_checkpoint_folder(project: Project) -> str:
+    """The checkpoint the project uses: its promoted ModelVersion's folder, or settings.ENSEMBLE_DIR while it has
+    none."""
+    return str(project.model_version.folder if project.model_version else settings.ENSEMBLE_DIR)
+
+
 def project_ensemble(project: Project):
-    """The ensemble the project uses and the version name its predictions and masks record: its promoted
-    ModelVersion, or settings.ENSEMBLE_DIR while it has none."""
-    if project.model_version is None:
-        return ensemble_load(str(settings.ENSEMBLE_DIR))
-    ensemble, _ = ensemble_load(project.model_version.folder)
-    return ensemble, project.model_version.name
+    """The ensemble the project uses (see project_checkpoint_folder) and the version name its predictions and masks
+    record: the ModelVersion's, else the name of the default as it was when loaded."""
+    ensemble, loaded_name = ensemble_load(project_checkpoint_folder(project))
+    return ensemble, project.model_version.name if project.model_version else loaded_name
 
 
 def project_version_name(project: Project) -> str:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from django.conf import settings
 from PIL import Image as PILImage
 
+from annotator.annotation.services import project_checkpoint_folder
 from annotator.models import Image, Project
 from annotator.png import mask_decode, png_encode
 
@@ -42,9 +42,8 @@ def refiner_cached(folder: str):
 
 
 def project_refiner(project: Project):
-    """The click refiner of the checkpoint the project uses (its promoted model version, else ENSEMBLE_DIR)."""
-    folder = project.model_version.folder if project.model_version else settings.ENSEMBLE_DIR
-    return refiner_cached(str(folder))
+    """The click refiner of the checkpoint the project uses."""
+    return refiner_cached(project_checkpoint_folder(project))
 
 
 def image_mask_refine(image: Image, mask_png: bytes | None, clicks: list[dict]) -> RefinedMask:
