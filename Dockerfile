@@ -3,7 +3,7 @@
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VAR_DIR=/data STATIC_ROOT=/app/staticfiles \
-    WEB_CONCURRENCY=3 GUNICORN_CMD_ARGS="--bind 0.0.0.0:8000 --timeout 300 --access-logfile -"
+    WEB_BIND=0.0.0.0:8000
 WORKDIR /app
 COPY requirements.txt .
 RUN pip install -r requirements.txt
@@ -17,6 +17,5 @@ RUN useradd --create-home --uid 1000 annotator && mkdir /data && chown annotator
 USER annotator
 VOLUME /data
 EXPOSE 8000
-# gunicorn reads WEB_CONCURRENCY (its processes) and GUNICORN_CMD_ARGS from the environment; the long timeout
-# lets an upload of up to UPLOAD_MAX_BYTES finish.
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn config.wsgi"]
+# config/gunicorn.py sizes gunicorn to the container's cores (WEB_CONCURRENCY, WEB_THREADS override it).
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn --config config/gunicorn.py config.wsgi"]

@@ -21,12 +21,13 @@ demo: install
 	$(PY) manage.py demo_setup
 	$(MAKE) --no-print-directory serve
 
-# The web server on :8000 with one Celery worker beside it (running beat too, for the job sweep); Ctrl+C stops both.
+# The web server (gunicorn, config/gunicorn.py) on :8000 with one Celery worker beside it (running beat too, for the
+# job sweep); Ctrl+C stops both.
 serve: install
 	@$(PY) -m celery -A config worker --beat --pool=solo --loglevel=INFO --without-mingle --without-gossip & \
 	  trap "kill $$! 2>/dev/null" EXIT INT TERM; \
 	  echo "Open http://127.0.0.1:8000 (the worker is annotating the demo images in the background)"; \
-	  $(PY) manage.py runserver 127.0.0.1:8000 --noreload
+	  $(PY) -m gunicorn --config config/gunicorn.py config.wsgi
 
 test: install
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) $(PY) -m pytest

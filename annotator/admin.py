@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from annotator.models import Image, Job, Mask, Membership, ModelVersion, Prediction, Project, Study, TrainingRun
+from annotator.tallies import images_delete
 
 
 class MembershipInline(admin.TabularInline):
@@ -38,6 +39,17 @@ class ImageAdmin(admin.ModelAdmin):
     list_filter = ["project", "review_status", "flagged", "predicted_label"]
     search_fields = ["original_name", "sha256"]
     raw_id_fields = ["approved_mask", "job", "study"]
+    # Changed only by the annotation and review services, which keep the tallies and the audit trail.
+    readonly_fields = ["project", "annotated_at", "review_status", "flagged"]
+
+    def has_add_permission(self, request):
+        return False  # images come in through uploads
+
+    def delete_model(self, request, obj):
+        images_delete(Image.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        images_delete(queryset)
 
 
 @admin.register(Prediction)

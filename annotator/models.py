@@ -105,6 +105,14 @@ class Job(BackgroundWork):
         return 1.0 if not self.total else self.annotated / self.total
 
 
+# The review queue's order: flagged first, the most uncertain first, then the least recently served.
+QUEUE_ORDER = (models.F("flagged").desc(), models.F("uncertainty").desc(),
+               models.F("last_served_at").asc(nulls_first=True), "id")
+# Its index columns. SQLite has no NULLS FIRST in an index (its ascending order puts them first anyway); PostgreSQL
+# walks the index in the order of the first two and sorts the ties of equal uncertainty, which are few.
+QUEUE_INDEX_ORDER = (models.F("flagged").desc(), models.F("uncertainty").desc(), "last_served_at", "id")
+
+
 class Image(models.Model):
     class ReviewStatus(models.TextChoices):
         PENDING = "pending"
@@ -151,10 +159,38 @@ class Image(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "sha256"], name="image_once_per_project")]
-        indexes = [models.Index(fields=["project", "review_status", "-flagged", "-uncertainty"])]
+        # Each hot listing walks one of these in its own order and stops after a page, whatever the project's size.
+        indexes = [
+            models.Index("project", "review_status", *QUEUE_INDEX_ORDER,
+                         condition=models.Q(annotated_at__isnull=False), name="image_queue_in_project"),
+            models.Index("review_status", *QUEUE_INDEX_ORDER, condition=models.Q(annotated_at__isnull=False),
+                         name="image_queue"),
+            models.Index("project", models.F("flagged").desc(), models.F("uncertainty").desc(), "id",
+                         name="image_project_page"),
+            models.Index("project", "id", name="image_project_by_id"),
+            models.Index("claim_expires_at", condition=models.Q(claim_expires_at__isnull=False), name="image_claims"),
+        ]
 
     def __str__(self):
         return self.original_name
+
+
+class ImageTally(models.Model):
+    """How many of a project's images are in each state, kept up to date by the services that change the state
+    (annotator.tallies), so that pages count without reading the images."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tallies")
+    annotated = models.BooleanField()
+    review_status = models.CharField(max_length=20, choices=Image.ReviewStatus.choices)
+    flagged = models.BooleanField()
+    count = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "annotated", "review_status", "flagged"],
+                                               name="tally_once_per_state")]
+
+    def __str__(self):
+        return f"{self.project_id} annotated={self.annotated} {self.review_status} flagged={self.flagged}: {self.count}"
 
 
 class Prediction(models.Model):

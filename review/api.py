@@ -1,5 +1,7 @@
 """The review API: save and restore mask versions, refine a mask with clicks, approve, reject or requeue an image,
 and read the queue. Only admins and the project's radiologists may change anything; viewers get 403, outsiders 404."""
+from functools import cached_property
+
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -13,6 +15,7 @@ from rest_framework.views import APIView
 from annotator import access
 from annotator.masks.refine import GRABCUT, LEARNED, ClicksError, image_mask_refine
 from annotator.masks.services import StaleMaskError, mask_restore, mask_upload
+from annotator.pagination import CountedPagination
 from annotator.png import MaskError
 from annotator.serializers import ImageListSerializer, ImageSerializer, MaskSerializer
 from annotator.validation import query_validated, request_validated
@@ -135,8 +138,15 @@ def _decision_response(request, decide, image, data, **options):
 @extend_schema(parameters=[ReviewQueueQuerySerializer])
 class ReviewQueueApi(generics.ListAPIView):
     serializer_class = ImageListSerializer
+    pagination_class = CountedPagination
 
     def get_queryset(self):
+        return selectors.review_queue(self.request.user, self.project)
+
+    def list_count(self):
+        return selectors.review_queue_count(self.request.user, self.project)
+
+    @cached_property
+    def project(self):
         project_id = query_validated(self.request, ReviewQueueQuerySerializer).get("project")
-        project = access.project_get(self.request.user, project_id) if project_id is not None else None
-        return selectors.review_queue(self.request.user, project)
+        return access.project_get(self.request.user, project_id) if project_id is not None else None

@@ -1,12 +1,17 @@
 """The review queue: which images wait, in what order, and where each one stands ("in review" is defined here)."""
-from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q
+from django.db.models import BooleanField, ExpressionWrapper, F, Q
+from django.shortcuts import get_object_or_404
 
 from annotator import access
-from annotator.models import Image
-
-QUEUE_ORDER = ("-flagged", "-uncertainty", F("last_served_at").asc(nulls_first=True), "id")
+from annotator.models import QUEUE_ORDER, Image, Project
+from annotator.pagination import count_capped
+from annotator.tallies import tallies_by_status, tallies_count
 # Where an annotated image stands, by the names the queue page and the dashboard show.
 QUEUE_STATUSES = ("pending", "in_review", "approved", "rejected")
+
+
+QUEUE_ROW_FIELDS = ("original_name", "predicted_label", "uncertainty", "flagged", "flag_reason", "claim_expires_at",
+                    "review_status")
 
 
 def image_in_review(now) -> Q:
@@ -34,20 +39,40 @@ def review_queue(user, project=None):
     return images.order_by(*QUEUE_ORDER)
 
 
+def review_queue_count(user, project=None) -> int:
+    """The number of images of review_queue(user, project), from the tallies."""
+    projects = access.projects_visible(user) if project is None else Project.objects.filter(pk=project.pk)
+    return tallies_count(projects, annotated=True, review_status=Image.ReviewStatus.PENDING)
+
+
 def claimable(images, user, now):
     """Of these images, those no other reviewer holds right now."""
     return images.filter(Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user))
 
 
+def queue_counts(user, now, project=None) -> dict[str, int]:
+    """The annotated images of the user's projects (or of `project`) per name of QUEUE_STATUSES, from the tallies
+    and the few images held right now."""
+    projects = access.projects_visible(user) if project is None else Project.objects.filter(pk=project.pk)
+    by_status = tallies_by_status(projects, annotated=True)
+    in_review = Image.objects.filter(image_in_review(now), project__in=projects, annotated_at__isnull=False).count()
+    return {"pending": by_status.get(Image.ReviewStatus.PENDING, 0) - in_review, "in_review": in_review,
+            "approved": by_status.get(Image.ReviewStatus.APPROVED, 0),
+            "rejected": by_status.get(Image.ReviewStatus.REJECTED, 0)}
+
+
 def review_listing(user, now, project=None, status="", label="", uncertainty_min=None, uncertainty_max=None,
                    reviewer=""):
-    """The queue page's rows and counts per status; with no status, what still waits (pending and in review)."""
+    """The queue page's rows, counts per status and the number of rows; with no status, what still waits (pending
+    and in review). The number comes from the counts unless a filter narrows the rows (then it stops at
+    COUNT_CAP)."""
     images = access.images_visible(user).filter(annotated_at__isnull=False)
     if project is not None:
         images = images.filter(project=project)
+    counts = queue_counts(user, now, project)
     by_status = queue_status_conditions(now)
-    counts = images.aggregate(**{name: Count("id", filter=condition) for name, condition in by_status.items()})
     images = images.filter(by_status[status] if status in by_status else Q(review_status=Image.ReviewStatus.PENDING))
+    narrowed = bool(label or reviewer) or uncertainty_min is not None or uncertainty_max is not None
     if label:
         images = images.filter(predicted_label=label)
     if uncertainty_min is not None:
@@ -56,9 +81,21 @@ def review_listing(user, now, project=None, status="", label="", uncertainty_min
         images = images.filter(uncertainty__lte=uncertainty_max)
     if reviewer:
         images = images.filter(Q(reviewed_by__username=reviewer) | Q(claimed_by__username=reviewer))
-    images = images.select_related("project", "claimed_by", "reviewed_by").annotate(
+    if narrowed:
+        count = count_capped(images)
+    else:
+        count = counts[status] if status in counts else counts["pending"] + counts["in_review"]
+    # A row is one Image with the few fields it shows and the names it needs, not four model instances.
+    images = images.select_related(None).only(*QUEUE_ROW_FIELDS).annotate(
+        project_name=F("project__name"), claimed_by_name=F("claimed_by__username"),
+        reviewed_by_name=F("reviewed_by__username"),
         in_review=ExpressionWrapper(by_status["in_review"], output_field=BooleanField())).order_by(*QUEUE_ORDER)
-    return images, counts
+    return images, counts, count
+
+
+def image_for_page(user, pk) -> Image:
+    """The image with the people its page names (who holds it, who decided), in one query."""
+    return get_object_or_404(access.images_visible(user).select_related("claimed_by", "reviewed_by"), pk=pk)
 
 
 def image_predictions(image: Image) -> list:

@@ -10,6 +10,7 @@ from annotator import access
 from annotator.finetune.services import training_run_autostart
 from annotator.masks.services import mask_latest_lock
 from annotator.models import Image, Mask
+from annotator.tallies import image_tally_key, image_tally_move
 from review import selectors
 from review.models import Review
 
@@ -56,7 +57,7 @@ def image_approve(image: Image, reviewer, mask: Mask | None = None, comment: str
         raise ReviewError("the image has no mask to approve yet")
     if mask.image_id != image.pk:
         raise ReviewError("that mask belongs to another image")
-    image.review_status = Image.ReviewStatus.APPROVED
+    _status_change(image, Image.ReviewStatus.APPROVED)
     image.approved_mask = mask
     _decision_record(image, reviewer, label)
     Review.objects.create(image=image, reviewer=reviewer, decision=Review.Decision.APPROVED, mask=mask,
@@ -71,7 +72,7 @@ def image_reject(image: Image, reviewer, comment: str = "", label: str = "") -> 
     """Reject the model's annotation of the image; no mask of it will be exported."""
     image = Image.objects.select_for_update().get(pk=image.pk)
     _label_check(image, label)
-    image.review_status = Image.ReviewStatus.REJECTED
+    _status_change(image, Image.ReviewStatus.REJECTED)
     image.approved_mask = None
     _decision_record(image, reviewer, label)
     Review.objects.create(image=image, reviewer=reviewer, decision=Review.Decision.REJECTED, comment=comment,
@@ -86,7 +87,7 @@ def image_requeue(image: Image, reviewer, comment: str = "") -> Image:
     image = Image.objects.select_for_update().get(pk=image.pk)
     if image.review_status != Image.ReviewStatus.REJECTED:
         raise ReviewError(f"only a rejected image can go back to the queue; this one is {image.review_status}")
-    image.review_status = Image.ReviewStatus.PENDING
+    _status_change(image, Image.ReviewStatus.PENDING)
     image.approved_mask = None
     image.save(update_fields=["review_status", "approved_mask"])
     Review.objects.create(image=image, reviewer=reviewer, decision=Review.Decision.REQUEUED, comment=comment)
@@ -98,6 +99,13 @@ def _label_check(image: Image, label: str) -> None:
     if label and label not in classes:
         raise ReviewError(f"{label!r} is not a diagnosis of project {image.project.name}: "
                           f"choose one of {', '.join(classes)}")
+
+
+def _status_change(image: Image, status: str) -> None:
+    """Set the review status of the locked image, and move it to that tally (it is saved by the caller)."""
+    before = image_tally_key(image)
+    image.review_status = status
+    image_tally_move(image, before)
 
 
 def _decision_record(image: Image, reviewer, label: str) -> None:

@@ -61,7 +61,12 @@ def team(db):
     Membership.objects.create(project=project, user=team.viewer, role=Membership.Role.VIEWER)
     other = Project.objects.create(name="Elsewhere", classes=["normal", "lesion"], healthy_class="normal")
     Membership.objects.create(project=other, user=team.outsider, role=Membership.Role.RADIOLOGIST)
-    return team
+    yield team
+    # Whatever a test did through the services, the tallies the pages count with still match the images.
+    from annotator.models import Image
+    from annotator.tallies import tallies_kept, tallies_recount
+
+    assert tallies_kept() == tallies_recount(Image.objects.all()), "the image tallies drifted from the images"
 
 
 @pytest.fixture(scope="module")

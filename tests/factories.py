@@ -10,6 +10,7 @@ from PIL import Image as PILImage
 from annotator.masks.services import mask_create
 from annotator.models import Image, Mask, Prediction
 from annotator.png import png_encode
+from annotator.tallies import image_tally_add
 
 
 def annotated_image(project, name="scan.png", size=(40, 30), uncertainty=0.3, flagged=False, box=(5, 5, 20, 15),
@@ -28,6 +29,7 @@ def annotated_image(project, name="scan.png", size=(40, 30), uncertainty=0.3, fl
                   uncertainty=uncertainty, flagged=flagged, flag_reason="models disagree" if flagged else "")
     image.file.save(f"{digest}.png", ContentFile(data), save=False)
     image.save()
+    image_tally_add(image)
     for arch in ("resnet50", "efficientnet_b0", "densenet121"):
         prediction = Prediction(image=image, architecture=arch, model_version="test@0", label="lesion", agrees=True,
                                 probabilities=[0.2, 0.8], std=[0.05, 0.05], entropy=0.7, mutual_information=0.01,

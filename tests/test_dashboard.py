@@ -8,6 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from annotator.models import Image, ModelVersion
+from annotator.tallies import image_tally_add
 from review.services import image_approve, image_reject
 from tests.factories import annotated_image
 
@@ -22,7 +23,8 @@ def figures(response):
 def test_dashboard_plots_status_flagged_share_throughput_and_model_versions(team):
     images = [annotated_image(team.project, f"scan{i}.png", flagged=i % 2 == 0) for i in range(6)]
     Image.objects.filter(pk=images[5].pk).update(annotated_at=timezone.now() - timedelta(days=2))
-    Image.objects.create(project=team.project, sha256="f" * 64, original_name="new.png", width=4, height=4)
+    image_tally_add(Image.objects.create(project=team.project, sha256="f" * 64, original_name="new.png", width=4,
+                                         height=4))
     image_approve(images[0], team.radiologist)
     image_approve(images[1], team.radiologist)
     image_reject(images[2], team.admin)

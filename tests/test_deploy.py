@@ -42,10 +42,12 @@ def env_example_set() -> dict[str, str]:
 
 
 def settings_env_names() -> set[str]:
-    """The variables config/settings.py reads: os.environ.get / os.getenv / os.environ[...] / env_bool / env_int."""
+    """The variables config/settings.py and config/gunicorn.py read: os.environ.get / os.getenv / os.environ[...] /
+    env_bool / env_int."""
     readers = {"os.environ.get", "os.getenv", "env_bool", "env_int"}
     names = set()
-    for node in ast.walk(ast.parse((ROOT / "config" / "settings.py").read_text())):
+    sources = ((ROOT / "config" / name).read_text() for name in ("settings.py", "gunicorn.py"))
+    for node in (node for source in sources for node in ast.walk(ast.parse(source))):
         if isinstance(node, ast.Call) and ast.unparse(node.func) in readers:
             key = node.args[0] if node.args else None
         elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
@@ -108,11 +110,14 @@ def test_env_example_lists_every_variable_the_settings_read():
     assert names - set(env_example()) == set()
 
 
-def test_the_image_runs_as_a_non_root_user_with_collected_static_files_and_pinned_gunicorn():
+def test_the_image_and_the_demo_serve_through_pinned_gunicorn_and_the_image_as_a_non_root_user():
     dockerfile = (ROOT / "Dockerfile").read_text()
     users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
-    assert "manage.py collectstatic" in dockerfile and "gunicorn config.wsgi" in dockerfile
+    served = "gunicorn --config config/gunicorn.py config.wsgi"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "manage.py collectstatic" in dockerfile and served in dockerfile and served in makefile
+    assert "runserver" not in makefile
     assert re.search(r"^gunicorn==[\d.]+", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
 
 

@@ -14,6 +14,7 @@ from annotator.models import Image, Mask, Project
 from annotator.ingest.archive import zip_entries
 from annotator.ingest.services import upload_ingest
 from annotator.masks.services import mask_array, mask_create
+from annotator.tallies import image_tally_add
 from review import services as review_services
 from tests.factories import annotated_image
 
@@ -130,6 +131,7 @@ def test_pending_exports_the_latest_version_and_rejected_exports_images_without_
     waiting = drawn(team, "waiting.png", lesion_blob((80, 60), 1), (80, 60))
     unannotated = Image.objects.create(project=team.project, sha256="0" * 64, file=waiting.file.name,
                                        original_name="new.png", width=80, height=60)
+    image_tally_add(unannotated)
     refused = drawn(team, "refused.png", lesion_blob((80, 60), 2), (80, 60))
     review_services.image_reject(refused, team.radiologist, label="normal")
     approved(team, "done.png", lesion_blob((80, 60), 3), (80, 60))

@@ -32,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from annotator.models import Image, Job, Mask, Prediction
 from annotator.masks.services import mask_array
+from annotator.tallies import image_tally_add
 from annotator.tasks import job_annotate_task
 from tests.conftest import at_once, png_bytes
 from tests.factories import annotated_image, box_mask, mask_png
@@ -240,6 +241,7 @@ def queued_job(project, count, broker_url) -> Job:
                       height=48)
         image.file.save(f"{digest}.png", ContentFile(data), save=False)
         image.save()
+        image_tally_add(image)
     with Connection(broker_url) as broker:
         job_annotate_task.apply_async(args=[job.pk], connection=broker)
     return job

@@ -7,6 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from annotator.models import Image, Mask
 from annotator.masks.selectors import mask_latest
 from annotator.masks.services import mask_array, mask_create
+from annotator.tallies import image_tally_add
 from review.selectors import review_queue
 from review.models import Review
 from tests.factories import annotated_image, box_mask
@@ -227,6 +228,7 @@ def test_a_first_drawing_names_version_zero_so_two_first_saves_cannot_both_win(t
     from tests.factories import mask_png
 
     image = Image.objects.create(project=team.project, sha256="e" * 64, original_name="new.png", width=40, height=30)
+    image_tally_add(image)
     api = team.api(team.radiologist)
 
     def save(box):

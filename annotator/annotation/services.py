@@ -29,6 +29,7 @@ from annotator.masks.selectors import mask_latest
 from annotator.masks.services import mask_create
 from annotator.models import CandidateMask, Image, Job, Mask, Prediction, Project
 from annotator.png import png_encode
+from annotator.tallies import TallyKey, image_tally_key, image_tally_move
 from annotator.shutdown import WorkerStopping, worker_stopping
 
 log = logging.getLogger(__name__)
@@ -208,11 +209,12 @@ def image_annotation_store(image_id: int, result, model_version: str) -> bool:
     image = Image.objects.select_for_update().get(pk=image_id)
     if image.annotated_at is not None:
         return False
+    before = image_tally_key(image)
     _predictions_store(image, result, model_version)
     if not image.masks.exists():  # a radiologist who drew before the ensemble ran keeps the latest version
         mask_create(image, result.mask, Mask.Source.MODEL, model_version=model_version)
     image.annotated_at = timezone.now()
-    _verdict_store(image, result, model_version)
+    _verdict_store(image, result, model_version, before)
     return True
 
 
@@ -225,11 +227,12 @@ def image_annotation_replace(image_id: int, result, model_version: str) -> bool:
     if (image.review_status != Image.ReviewStatus.PENDING or image.annotated_at is None
             or image.model_version == model_version):
         return False
+    before = image_tally_key(image)
     _predictions_store(image, result, model_version)
     latest = mask_latest(image)
     if latest is not None and latest.source == Mask.Source.MODEL:
         mask_create(image, result.mask, Mask.Source.MODEL, parent=latest, model_version=model_version)
-    _verdict_store(image, result, model_version)
+    _verdict_store(image, result, model_version, before)
     return True
 
 
@@ -265,10 +268,12 @@ def _candidate_masks_store(image: Image, result, model_version: str) -> None:
         candidate.save()
 
 
-def _verdict_store(image: Image, result, model_version: str) -> None:
+def _verdict_store(image: Image, result, model_version: str, before: TallyKey) -> None:
+    """The verdict on the locked image, which was in tally `before`."""
     image.model_version = model_version
     image.predicted_label = result.diagnosis
     image.uncertainty = result.uncertainty
     image.flagged = result.flagged
     image.flag_reason = result.flag_reason
     image.save()
+    image_tally_move(image, before)

@@ -27,6 +27,7 @@ from annotator.ingest.archive import (MASK_NAME, IngestEntry, UploadContents, Up
 from annotator.ingest.labels import labels_for
 from annotator.models import Image, Job, Project, Study
 from annotator.png import MaskError, mask_decode, png_encode
+from annotator.tallies import image_tally_add
 
 IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg"}
 
@@ -119,7 +120,7 @@ def _image_ingest(project, job, entry: IngestEntry, label: str, mask_entries: li
     _content_store(stored_name, data)
     try:
         with transaction.atomic():
-            Image.objects.create(
+            image = Image.objects.create(
                 project=project, study=(picture and _dicom_study(project, picture)) or _upload_study(job), job=job,
                 sha256=digest, file=stored_name, width=width, height=height, label=label,
                 # Some DICOM exports name files after the patient: a DICOM image is named by its content instead.
@@ -129,6 +130,7 @@ def _image_ingest(project, job, entry: IngestEntry, label: str, mask_entries: li
                 series_description=picture.series_description if picture else "",
                 instance_number=picture.instance_number if picture else None,
             )
+            image_tally_add(image)
     except IntegrityError:  # the same content stored by a concurrent upload
         return False
     return True

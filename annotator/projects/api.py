@@ -1,5 +1,7 @@
 """The REST API for reading projects, images and jobs, and the files behind an image page; for scripts (token auth)
 and the browser (session auth) alike."""
+from functools import cached_property
+
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -9,8 +11,10 @@ from rest_framework.views import APIView
 
 from annotator import access
 from annotator.models import CandidateMask, Mask, Prediction
+from annotator.pagination import CountedCursorPagination
 from annotator.projects import selectors
 from annotator.serializers import ImageListSerializer, ImageSerializer, JobSerializer, ProjectSerializer
+from annotator.tallies import tallies_count
 
 PNG = OpenApiResponse(OpenApiTypes.BINARY, description="a PNG file")
 
@@ -42,10 +46,17 @@ class JobDetailApi(generics.RetrieveAPIView):
 
 class ImageListApi(generics.ListAPIView):
     serializer_class = ImageListSerializer
+    pagination_class = CountedCursorPagination
 
     def get_queryset(self):
-        project = access.project_get(self.request.user, self.kwargs["pk"])
-        return project.images.order_by("id")
+        return self.project.images.all()
+
+    def list_count(self):
+        return tallies_count([self.project])
+
+    @cached_property
+    def project(self):
+        return access.project_get(self.request.user, self.kwargs["pk"])
 
 
 class ImageDetailApi(generics.RetrieveAPIView):

@@ -1,9 +1,10 @@
 """Reads for the project pages and API, always through what the user may see (annotator.access)."""
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
 
 from annotator import access
 from annotator.models import Image, Mask
+from annotator.tallies import tallies_by_project
 
 # The project page lists what most needs a look first.
 PROJECT_IMAGE_ORDER = ("-flagged", "-uncertainty", "id")
@@ -14,14 +15,16 @@ def projects_listed(user):
     return access.projects_visible(user).order_by("name")
 
 
-def projects_with_counts(user):
-    """The projects the user may see, by name, with their images counted by state (the home page)."""
-    return projects_listed(user).annotate(
-        image_count=Count("images", distinct=True),
-        pending_count=Count("images", filter=Q(images__review_status=Image.ReviewStatus.PENDING), distinct=True),
-        approved_count=Count("images", filter=Q(images__review_status=Image.ReviewStatus.APPROVED), distinct=True),
-        flagged_count=Count("images", filter=Q(images__flagged=True), distinct=True),
-    )
+def projects_with_counts(user) -> list:
+    """The projects the user may see, by name, each with its images counted by state (the home page): `image_count`,
+    `flagged_count`, `pending_count` (annotated, waiting for a decision), `approved_count`."""
+    projects = list(projects_listed(user))
+    tallies = tallies_by_project(projects)
+    for project in projects:
+        counts = tallies.get(project.pk, {})
+        for name in ("image_count", "flagged_count", "pending_count", "approved_count"):
+            setattr(project, name, counts.get(name, 0))
+    return projects
 
 
 def project_images(project):

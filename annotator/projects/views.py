@@ -1,9 +1,10 @@
 """Server-rendered pages: the projects a user belongs to, and one project with its images and upload jobs."""
-from django.core.paginator import Paginator
 from django.shortcuts import render
 
 from annotator import access
+from annotator.pagination import CountedPaginator
 from annotator.projects import selectors
+from annotator.tallies import tallies_count
 
 IMAGES_PER_PAGE = 100
 
@@ -14,7 +15,8 @@ def home(request):
 
 def project_detail(request, pk):
     project = access.project_get(request.user, pk)
-    page = Paginator(selectors.project_images(project), IMAGES_PER_PAGE).get_page(request.GET.get("page"))
+    page = CountedPaginator(selectors.project_images(project), IMAGES_PER_PAGE, tallies_count([project])).get_page(
+        request.GET.get("page"))
     return render(request, "annotator/project.html", {
         "project": project,
         "page": page,
