@@ -1,20 +1,42 @@
-"""Load benchmark: the pages and endpoints a review team hits, under 50 concurrent clients, with 10 000 images.
+"""Load benchmark: the pages and endpoints a review team hits, under 20 and 50 concurrent clients, on 10 000 images.
 
-    .venv/bin/python -m bench.load [--images 10000] [--connections 50] [--seconds 15]
+    .venv/bin/python -m bench.load [--images 10000,100000] [--connections 20,50] [--seconds 10] [--workers 4] [--keep]
 
-It creates its own PostgreSQL database (`annotator_bench_load`, on the server of DATABASE_URL, default
-postgres://postgres@127.0.0.1:5432/postgres), migrates it, seeds a project of `--images` annotated images (three
-predictions and a model mask each), serves the app with gunicorn on loopback and drives it with wrk (Debian's
-package `wrk`): the review queue page, image pages (random images), the API image list and mask saves (random
-images, PNG uploads through the API with a token). The baseline in the same run is the login page, which touches no
-project data: each endpoint's requests/s is printed against it. Queries per request are counted in-process with
-Django's test client. The database is dropped at the end (`--keep` keeps it). Not a test: the figures depend on the
-machine.
+For each count of images it creates its own PostgreSQL database (`annotator_bench_load`, on the server of
+DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres), migrates it and seeds one project of that many
+annotated images waiting for review (three predictions, a model mask and two candidate masks each; all rows of a kind
+share one small PNG on disk), with as many radiologists as the most clients asked for, each with a session and an
+API token. It serves the app with gunicorn on loopback and, for each count of clients, drives each scenario below for
+`--seconds` with wrk (Debian's package `wrk`), every request as one of the radiologists drawn at random:
+
+    login page             the baseline, anonymous: it reads no project data
+    review queue page      the first page of what waits
+    take the next image    POST /review/next/ with the session's CSRF token; the redirect is not followed. Each POST
+                           claims the queue's first image nobody else holds and releases the radiologist's earlier
+                           claim; nothing is decided, so the queue never runs dry. A redirect to the queue page
+                           (nothing claimed) counts as an error
+    image page             a random image
+    API image list         a page of 50 from a random place (a cursor after a random image)
+    API one image          GET /api/images/{id}/, a random image
+    mask save (API)        a PNG upload to a random image: each adds a mask version, kept for the later runs
+
+Each table, one per count of images and of clients, gives per scenario: requests/s; latency p50, p95 and p99; errors
+(wrk's socket errors and responses of status 400 and above, plus the redirects above); queries per request (one
+request of each scenario beforehand, on the middle image or page, counted in process with Django's test client); CPU
+ms per request: the user + system time over the scenario, read from /proc (bench/cpu.py), divided by the requests
+served, of the gunicorn master and workers (app) and of the PostgreSQL backends connected to the benchmark database
+(db; the server's own processes, such as the WAL writer, checkpointer and autovacuum, are not counted, nor is wrk);
+and requests/s against the baseline. At 20 clients it says
+which scenarios meet the project's goal; with several counts of images, whether their figures hold from the smallest
+count to the largest. The database is dropped at the end (`--keep` keeps the last one). Not a test: the figures
+depend on the machine, whose cores wrk, gunicorn and PostgreSQL share.
 """
 import argparse
+import base64
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,19 +44,37 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
+
+from bench.cpu import CpuMeter, process_and_children, process_stat
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = "annotator_bench_load"
 PNG_SIZE = 64
+SEED_BATCH = 2000
+BASELINE = "login page (baseline)"
+# The project's goal for the hot pages at 20 clients, and how much of it must hold with ten times the images.
+GOAL_CONNECTIONS, GOAL_RATE, GOAL_P95_MS, GOAL_VS_BASELINE, GOAL_SCALING = 20, 200, 150, 0.25, 0.2
 
-# wrk prints one JSON line at the end of each run; `request` is filled in per scenario.
+# Around each scenario's Lua: the radiologists, a random seed per thread, and one JSON line at the end with the
+# errors of all threads (wrk's own and the `unexpected` responses a scenario counts).
 LUA = """
-math.randomseed(os.time())
-{setup}
-done = function(summary, latency, requests)
+local threads = {{}}
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("id", #threads)
+end
+function init(args)
+  math.randomseed(os.time() * 100 + id)
+  unexpected = 0
+end
+{reviewers}
+{script}
+function done(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
     + summary.errors.status
+  for _, thread in ipairs(threads) do errors = errors + thread:get("unexpected") end
   io.write(string.format('RESULT {{"requests": %d, "seconds": %f, "errors": %d, "p50": %f, "p95": %f, '
     .. '"p99": %f}}\\n', summary.requests, summary.duration / 1e6, errors, latency:percentile(50) / 1000,
     latency:percentile(95) / 1000, latency:percentile(99) / 1000))
@@ -74,31 +114,37 @@ def png(value=0, size=PNG_SIZE) -> bytes:
     return buffer.getvalue()
 
 
-def seed(count: int) -> dict:
-    """A project of `count` annotated images sharing one small file each for image, heatmaps and mask."""
+def seed(count: int, reviewers: int) -> dict:
+    """A project of `count` annotated pending images and `reviewers` radiologists, each logged in."""
     from django.contrib.auth import get_user_model
     from django.core.files.base import ContentFile
     from django.core.files.storage import default_storage
     from django.db import connection
+    from django.db.models import Max, Min
     from django.utils import timezone
     from rest_framework.authtoken.models import Token
 
-    from annotator.models import Image, Mask, Membership, Prediction, Project
+    from annotator.models import CandidateMask, Image, Mask, Membership, Prediction, Project
+    from annotator.tallies import tallies_rebuild
 
-    users = get_user_model().objects
-    radiologist = users.create_user("radiologist", password="bench-password-1234")
     project = Project.objects.create(name="Load", classes=["normal", "lesion"], healthy_class="normal")
-    Membership.objects.create(project=project, user=radiologist, role=Membership.Role.RADIOLOGIST)
+    # No password: the sessions below need none, and hashing one is slow on purpose.
+    users = [get_user_model().objects.create_user(f"radiologist{n}") for n in range(reviewers)]
+    Membership.objects.bulk_create([Membership(project=project, user=user, role=Membership.Role.RADIOLOGIST)
+                                    for user in users])
+    # Rows share files (the app never writes over one); only the sha256 must differ within a project.
     picture = default_storage.save("images/bench.png", ContentFile(png(90)))
     heatmap = default_storage.save("heatmaps/bench.png", ContentFile(png(128)))
     mask = default_storage.save("masks/bench.png", ContentFile(png(255)))
+    candidate = default_storage.save("candidates/bench.png", ContentFile(png(255)))
     now = timezone.now()
-    for start in range(0, count, 2000):
+    for start in range(0, count, SEED_BATCH):
         images = Image.objects.bulk_create([
             Image(project=project, sha256=f"{i:064x}", file=picture, original_name=f"scan{i}.png", width=PNG_SIZE,
                   height=PNG_SIZE, annotated_at=now, model_version="bench", predicted_label="lesion",
-                  uncertainty=(i % 1000) / 1000, flagged=i % 3 == 0, flag_reason="models disagree" if i % 3 == 0 else "")
-            for i in range(start, min(count, start + 2000))])
+                  uncertainty=(i % 1000) / 1000, flagged=i % 3 == 0,
+                  flag_reason="models disagree" if i % 3 == 0 else "")
+            for i in range(start, min(count, start + SEED_BATCH))])
         Prediction.objects.bulk_create([
             Prediction(image=image, architecture=arch, model_version="bench", label="lesion", agrees=True,
                        probabilities=[0.3, 0.7], std=[0.05, 0.05], entropy=0.8, mutual_information=0.01,
@@ -106,72 +152,122 @@ def seed(count: int) -> dict:
             for image in images for arch in ("resnet50", "efficientnet_lite0", "densenet121")])
         Mask.objects.bulk_create([Mask(image=image, version=1, source="model", model_version="bench", file=mask,
                                        pixels=PNG_SIZE * PNG_SIZE) for image in images])
+        # What an ensemble with a segmentation member stores beside its proposal, as the demo's does.
+        CandidateMask.objects.bulk_create([
+            CandidateMask(image=image, model_version="bench", source=source, proposed=source == "consensus",
+                          file=candidate)
+            for image in images for source in ("consensus", "segmentation")])
+    tallies_rebuild([project])  # bulk_create bypasses the services that keep the per-state counts
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")  # as autovacuum would after a bulk load: the planner needs the real row counts
-    ids = list(project.images.order_by("id").values_list("id", flat=True))
-    return {"project": project.pk, "first": ids[0], "last": ids[-1], "user": radiologist,
-            "token": Token.objects.create(user=radiologist).key}
+    ids = project.images.aggregate(first=Min("id"), last=Max("id"))
+    assert ids["last"] - ids["first"] + 1 == count, "image ids have gaps: the random ids would miss"
+    return {"project": project.pk, "images": count, **ids, "users": users,
+            "tokens": [Token.objects.create(user=user).key for user in users]}
 
 
-def session_cookie(user) -> str:
+def sessions(users) -> list[str]:
+    """A session cookie per user, as a login would leave."""
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore
 
-    session = SessionStore()
-    session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    session.create()
-    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
+    cookies = []
+    for user in users:
+        session = SessionStore()
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        session.create()
+        cookies.append(f"{settings.SESSION_COOKIE_NAME}={session.session_key}")
+    return cookies
 
 
-def scenarios(data: dict, cookie: str) -> dict[str, tuple[str, str]]:
-    """Name → (path wrk starts from, Lua setting up each request)."""
-    first, last, token = data["first"], data["last"], data["token"]
+def csrf_secret() -> str:
+    """The CSRF cookie a browser gets with the login form; Django also takes its value as the X-CSRFToken header."""
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.get("/accounts/login/")
+    return client.cookies[settings.CSRF_COOKIE_NAME].value
+
+
+# Take the next image: a redirect to anything but an image page means nothing could be claimed.
+CLAIM_CHECK = """
+response = function(status, headers, body)
+  if status == 302 and not (headers["Location"] or ""):find("/review/images/", 1, true) then
+    unexpected = unexpected + 1
+  end
+end"""
+
+
+def cursor_after(image_id: int) -> str:
+    """The API image list's `cursor` for the page after `image_id`, as DRF's CursorPagination writes it."""
+    return urllib.parse.quote(base64.b64encode(f"p={image_id}".encode()).decode())
+
+
+def scenarios(data: dict) -> dict[str, tuple[str, str]]:
+    """Name → (path wrk starts from, its Lua script). Each request is made as `r`, a radiologist drawn at random."""
+    reviewers = "reviewers = {" + ", ".join(
+        f'{{cookie = "{cookie}; csrftoken={data["csrf"]}", token = "{token}"}}'
+        for cookie, token in zip(data["cookies"], data["tokens"])) + f'}}\ncsrf = "{data["csrf"]}"'
     boundary = "benchboundary"
     body = (f"--{boundary}\\r\\nContent-Disposition: form-data; name=\\\"file\\\"; filename=\\\"mask.png\\\"\\r\\n"
             f"Content-Type: image/png\\r\\n\\r\\n" + "".join(f"\\{b:03d}" for b in png(255))
             + f"\\r\\n--{boundary}--\\r\\n")
-    return {
-        "login page (baseline)": ("/accounts/login/", ""),
-        "review queue page": ("/review/", f'wrk.headers["Cookie"] = "{cookie}"'),
-        "image page": ("/", f'wrk.headers["Cookie"] = "{cookie}"\n'
-                            f'request = function() return wrk.format("GET", "/review/images/" .. '
-                            f'math.random({first}, {last}) .. "/") end'),
-        "API image list": (f"/api/projects/{data['project']}/images/?page=2",
-                           f'wrk.headers["Authorization"] = "Token {token}"'),
-        "mask save (API)": ("/", f'wrk.headers["Authorization"] = "Token {token}"\n'
-                                 f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={boundary}"\n'
-                                 f'local body = "{body}"\n'
-                                 f'request = function() return wrk.format("POST", "/api/images/" .. '
-                                 f'math.random({first}, {last}) .. "/masks/", nil, body) end'),
+    session, token = "{Cookie = r.cookie}", '{Authorization = "Token " .. r.token}'
+    image = f'math.random({data["first"]}, {data["last"]})'
+    rng = random.Random(0)
+    cursors = ", ".join(f'"{cursor_after(rng.randint(data["first"], data["last"]))}"' for _ in range(1000))
+
+    def request(method, path, headers, body="nil"):
+        return (f"request = function()\n  local r = reviewers[math.random(#reviewers)]\n"
+                f"  return wrk.format(\"{method}\", {path}, {headers}, {body})\nend")
+
+    scripts = {
+        BASELINE: ("/accounts/login/", ""),
+        "review queue page": ("/", request("GET", '"/review/"', session)),
+        "take the next image": ("/", request("POST", '"/review/next/"', '{Cookie = r.cookie, ["X-CSRFToken"] = csrf}')
+                                + CLAIM_CHECK),
+        "image page": ("/", request("GET", f'"/review/images/" .. {image} .. "/"', session)),
+        "API image list": ("/", f"cursors = {{{cursors}}}\n" + request(
+            "GET", f'"/api/projects/{data["project"]}/images/?cursor=" .. cursors[math.random(#cursors)]', token)),
+        "API one image": ("/", request("GET", f'"/api/images/" .. {image} .. "/"', token)),
+        "mask save (API)": ("/", f'local body = "{body}"\n' + request(
+            "POST", f'"/api/images/" .. {image} .. "/masks/"',
+            f'{{Authorization = "Token " .. r.token, ["Content-Type"] = "multipart/form-data; boundary={boundary}"}}',
+            "body")),
     }
+    return {name: (path, LUA.format(reviewers=reviewers, script=script)) for name, (path, script) in scripts.items()}
 
 
-def queries_per_request(data: dict, cookie: str) -> dict[str, int]:
-    """Each endpoint once through Django's test client, counting its queries."""
+def queries_per_request(data: dict) -> dict[str, int]:
+    """Each scenario's request once through Django's test client, counting its queries."""
     from django.core.files.uploadedfile import SimpleUploadedFile
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    client = Client(HTTP_AUTHORIZATION=f"Token {data['token']}")
-    client.cookies.load(cookie)
+    client = Client(HTTP_AUTHORIZATION=f"Token {data['tokens'][0]}")
+    client.cookies.load(data["cookies"][0])
     middle = (data["first"] + data["last"]) // 2
     requests = {
-        "login page (baseline)": lambda: Client().get("/accounts/login/"),
-        "review queue page": lambda: client.get("/review/"),
-        "image page": lambda: client.get(f"/review/images/{middle}/"),
-        "API image list": lambda: client.get(f"/api/projects/{data['project']}/images/?page=2"),
-        "mask save (API)": lambda: client.post(f"/api/images/{middle}/masks/",
-                                               {"file": SimpleUploadedFile("mask.png", png(255))}),
+        BASELINE: (lambda: Client().get("/accounts/login/"), 200),
+        "review queue page": (lambda: client.get("/review/"), 200),
+        "take the next image": (lambda: client.post("/review/next/"), 302),
+        "image page": (lambda: client.get(f"/review/images/{middle}/"), 200),
+        "API image list": (
+            lambda: client.get(f"/api/projects/{data['project']}/images/?cursor={cursor_after(middle)}"), 200),
+        "API one image": (lambda: client.get(f"/api/images/{middle}/"), 200),
+        "mask save (API)": (lambda: client.post(f"/api/images/{middle}/masks/",
+                                                {"file": SimpleUploadedFile("mask.png", png(255))}), 201),
     }
     counts = {}
-    for name, send in requests.items():
+    for name, (send, expected) in requests.items():
         with CaptureQueriesContext(connection) as captured:
             response = send()
-        assert response.status_code in (200, 201), (name, response.status_code)
+        assert response.status_code == expected, (name, response.status_code)
         counts[name] = len(captured)
     return counts
 
@@ -192,74 +288,134 @@ def server_wait(port: int, workers: int) -> None:
             time.sleep(0.3)
 
 
-def wrk(url: str, lua: str, connections: int, seconds: int) -> dict:
+def backend_pids(connection):
+    """The pids of the PostgreSQL backends serving the benchmark database, but for `connection`'s own, that run on
+    this machine (with a remote server there are none, and the db column reads 0)."""
+    def pids():
+        rows = connection.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                  "AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchall()
+        return [pid for pid, in rows if (stat := process_stat(pid)) and stat[0] == "postgres"]
+    return pids
+
+
+def wrk(url: str, lua: str, connections: int, seconds: int, cpu_groups: dict) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(LUA.format(setup=lua))
+        script.write(lua)
     try:
-        output = subprocess.run(["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "30s",
-                                 "-s", script.name, url], capture_output=True, text=True, check=True).stdout
+        with CpuMeter(cpu_groups) as cpu:
+            run = subprocess.run(["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{seconds}s",
+                                  "--timeout", "30s", "-s", script.name, url], capture_output=True, text=True)
     finally:
         os.unlink(script.name)
-    return json.loads(output.split("RESULT ", 1)[1])
+    if run.returncode or "RESULT " not in run.stdout:
+        sys.exit(f"wrk failed: {run.stderr or run.stdout}")
+    result = json.loads(run.stdout.split("RESULT ", 1)[1])
+    result.update({f"{name} ms": cpu.ms(name) / max(result["requests"], 1) for name in cpu_groups})
+    return result
+
+
+def table_print(results: dict, queries: dict, images: int, connections: int, args) -> None:
+    baseline_rate = results[BASELINE]["requests"] / results[BASELINE]["seconds"]
+    print(f"\n{images} images, {connections} concurrent clients (wrk), {args.seconds} s each, gunicorn with "
+          f"{args.workers} workers, PostgreSQL; {os.cpu_count()} CPU cores shared by server, database and wrk")
+    print(f"{'':>24} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} {'queries':>7} "
+          f"{'CPU ms/req: app':>15} {'db':>5} {'vs baseline':>11}")
+    for name, r in results.items():
+        rate = r["requests"] / r["seconds"]
+        print(f"{name:>24} {rate:7.1f} {r['p50']:7.0f} {r['p95']:7.0f} {r['p99']:7.0f} {r['errors']:6d} "
+              f"{queries[name]:7d} {r['app ms']:15.1f} {r['db ms']:5.1f} {rate / baseline_rate:10.2f}x")
+    if connections == GOAL_CONNECTIONS:
+        missed = [name for name, r in results.items() if name != BASELINE and not (
+            r["requests"] / r["seconds"] >= max(GOAL_RATE, GOAL_VS_BASELINE * baseline_rate)
+            and r["p95"] <= GOAL_P95_MS)]
+        print(f"goal ({GOAL_CONNECTIONS} clients: >= {GOAL_RATE} req/s, p95 <= {GOAL_P95_MS} ms, >= "
+              f"{GOAL_VS_BASELINE}x the baseline): {'missed by ' + ', '.join(missed) if missed else 'met by all'}")
+
+
+def scaling_print(by_images: dict, connections: int) -> None:
+    """Whether each hot page's figures hold from the fewest images to the most."""
+    few, many = min(by_images), max(by_images)
+    print(f"\n{many} vs {few} images, {connections} clients (goal: req/s at least {1 - GOAL_SCALING:.2f}x, "
+          f"p95 at most {1 + GOAL_SCALING:.2f}x)")
+    for name, r in by_images[many].items():
+        if name == BASELINE:
+            continue
+        before = by_images[few][name]
+        rate = (r["requests"] / r["seconds"]) / (before["requests"] / before["seconds"])
+        p95 = r["p95"] / before["p95"]
+        held = rate >= 1 - GOAL_SCALING and p95 <= 1 + GOAL_SCALING
+        print(f"{name:>24} req/s {rate:5.2f}x  p95 {p95:5.2f}x  {'held' if held else 'not held'}")
+
+
+def run_images(count: int, args, maintenance_url: str, bench_url: str, results: dict) -> None:
+    """Seed a fresh database with `count` images and run every scenario at each count of clients on it."""
+    import psycopg
+    from django.core.management import call_command
+    from django.db import connections
+
+    connections.close_all()
+    database_recreate(maintenance_url)
+    call_command("migrate", verbosity=0)
+    started = time.monotonic()
+    data = seed(count, max(args.connections))
+    print(f"\nseeded {count} images (3 predictions, a model mask and 2 candidate masks each) and "
+          f"{max(args.connections)} radiologists in {time.monotonic() - started:.0f} s", flush=True)
+    data.update(csrf=csrf_secret(), cookies=sessions(data["users"]))
+    queries = queries_per_request(data)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}",
+                               "--workers", str(args.workers), "--log-level", "warning"], cwd=ROOT,
+                              env=os.environ.copy())
+    try:
+        server_wait(port, args.workers)
+        with psycopg.connect(bench_url, autocommit=True) as monitor:
+            cpu_groups = {"app": lambda: process_and_children(server.pid), "db": backend_pids(monitor)}
+            for clients in args.connections:
+                results[count, clients] = {
+                    name: wrk(f"http://127.0.0.1:{port}{path}", script, clients, args.seconds, cpu_groups)
+                    for name, (path, script) in scenarios(data).items()}
+                table_print(results[count, clients], queries, count, clients, args)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def numbers(text: str) -> list[int]:
+    return [int(n) for n in text.split(",")]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=10_000)
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--seconds", type=int, default=15, help="per endpoint")
+    parser.add_argument("--images", type=numbers, default=[10_000], help="counts of images, e.g. 10000,100000")
+    parser.add_argument("--connections", type=numbers, default=[20, 50], help="counts of concurrent clients")
+    parser.add_argument("--seconds", type=int, default=10, help="per scenario")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
-    parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark database (of the last count)")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install -y wrk")
 
     maintenance_url, bench_url = database_urls()
-    database_recreate(maintenance_url)
     media = Path(tempfile.mkdtemp(prefix="bench-media-"))
     os.environ.update(DATABASE_URL=bench_url, MEDIA_ROOT=str(media), DJANGO_SETTINGS_MODULE="config.settings",
                       LOG_LEVEL="WARNING", ALLOWED_HOSTS="127.0.0.1,testserver")
     import django
 
     django.setup()
-    from django.core.management import call_command
-
-    server = None
+    results = {}
     try:
-        call_command("migrate", verbosity=0)
-        started = time.monotonic()
-        data = seed(args.images)
-        print(f"seeded {args.images} images (3 predictions and a mask each) in {time.monotonic() - started:.0f} s")
-        cookie = session_cookie(data["user"])
-        queries = queries_per_request(data, cookie)
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}",
-                                   "--workers", str(args.workers), "--log-level", "warning"],
-                                  cwd=ROOT, env=os.environ.copy())
-        server_wait(port, args.workers)
-        results = {name: wrk(f"http://127.0.0.1:{port}{path}", lua, args.connections, args.seconds)
-                   for name, (path, lua) in scenarios(data, cookie).items()}
+        for count in args.images:
+            run_images(count, args, maintenance_url, bench_url, results)
     finally:
-        if server:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
         if not args.keep:
             from django.db import connections
 
             connections.close_all()
             database_recreate(maintenance_url, drop_only=True)
         shutil.rmtree(media, ignore_errors=True)
-
-    baseline = results["login page (baseline)"]
-    baseline_rate = baseline["requests"] / baseline["seconds"]
-    print(f"{args.connections} concurrent clients (wrk), {args.seconds} s each, gunicorn with {args.workers} "
-          f"workers, {args.images} images in PostgreSQL, {os.cpu_count()} CPU cores shared by server, database and wrk")
-    print(f"{'':>22} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} {'queries':>7} "
-          f"{'vs baseline':>11}")
-    for name, r in results.items():
-        rate = r["requests"] / r["seconds"]
-        print(f"{name:>22} {rate:7.1f} {r['p50']:7.0f} {r['p95']:7.0f} {r['p99']:7.0f} {r['errors']:6d} "
-              f"{queries[name]:7d} {rate / baseline_rate:10.2f}x")
+    if len(args.images) > 1:
+        for clients in args.connections:
+            scaling_print({count: results[count, clients] for count in args.images}, clients)
 
 
 if __name__ == "__main__":
