@@ -109,10 +109,9 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server's processes and the worker write at once; wait for the lock instead of failing. In WAL mode
-    # readers never wait for a writer.
+    # readers never wait for a writer. Connections last a minute, as on PostgreSQL: one per gunicorn thread.
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE",
                                        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
