@@ -1,13 +1,14 @@
 """Load benchmark: the pages and endpoints a review team hits, under 20 and 50 concurrent clients, on 10 000 images.
 
-    .venv/bin/python -m bench.load [--images 10000,100000] [--connections 20,50] [--seconds 10] [--workers 4] [--keep]
+    .venv/bin/python -m bench.load [--images 10000,100000] [--connections 20,50] [--seconds 10] [--workers N] [--keep]
 
 For each count of images it creates its own PostgreSQL database (`annotator_bench_load`, on the server of
 DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres), migrates it and seeds one project of that many
 annotated images waiting for review (three predictions, a model mask and two candidate masks each; all rows of a kind
 share one small PNG on disk), with as many radiologists as the most clients asked for, each with a session and an
-API token. It serves the app with gunicorn on loopback and, for each count of clients, drives each scenario below for
-`--seconds` with wrk (Debian's package `wrk`), every request as one of the radiologists drawn at random:
+API token. It serves the app with gunicorn (config/gunicorn.py) on loopback and, for each count of clients, drives
+each scenario below for `--seconds` with wrk (Debian's package `wrk`), every request as one of the radiologists drawn
+at random:
 
     login page             the baseline, anonymous: it reads no project data
     review queue page      the first page of what waits
@@ -317,7 +318,8 @@ def wrk(url: str, lua: str, connections: int, seconds: int, cpu_groups: dict) ->
 def table_print(results: dict, queries: dict, images: int, connections: int, args) -> None:
     baseline_rate = results[BASELINE]["requests"] / results[BASELINE]["seconds"]
     print(f"\n{images} images, {connections} concurrent clients (wrk), {args.seconds} s each, gunicorn with "
-          f"{args.workers} workers, PostgreSQL; {os.cpu_count()} CPU cores shared by server, database and wrk")
+          f"{args.workers} processes (config/gunicorn.py), PostgreSQL; {os.cpu_count()} CPU cores shared by server, "
+          "database and wrk")
     print(f"{'':>24} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} {'queries':>7} "
           f"{'CPU ms/req: app':>15} {'db':>5} {'vs baseline':>11}")
     for name, r in results.items():
@@ -363,9 +365,10 @@ def run_images(count: int, args, maintenance_url: str, bench_url: str, results: 
     data.update(csrf=csrf_secret(), cookies=sessions(data["users"]))
     queries = queries_per_request(data)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}",
-                               "--workers", str(args.workers), "--log-level", "warning"], cwd=ROOT,
-                              env=os.environ.copy())
+    # The server as `make demo` and the Docker image run it (config/gunicorn.py), without its access log.
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.py", "--bind",
+                               f"127.0.0.1:{port}", "--workers", str(args.workers), "--access-logfile",
+                               "/dev/null", "--log-level", "warning", "config.wsgi"], cwd=ROOT, env=os.environ.copy())
     try:
         server_wait(port, args.workers)
         with psycopg.connect(bench_url, autocommit=True) as monitor:
@@ -389,7 +392,8 @@ def main(argv=None):
     parser.add_argument("--images", type=numbers, default=[10_000], help="counts of images, e.g. 10000,100000")
     parser.add_argument("--connections", type=numbers, default=[20, 50], help="counts of concurrent clients")
     parser.add_argument("--seconds", type=int, default=10, help="per scenario")
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="gunicorn's processes (of config/gunicorn.py's threads each)")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database (of the last count)")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
