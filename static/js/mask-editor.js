@@ -6,8 +6,12 @@
 //   data-mask-version            that version's number, sent as parent_version so a stale save answers 409
 //   data-save-url, data-csrf-token, data-editable ("true" for reviewers; otherwise only zoom and pan)
 //   data-refine-url              where the clicks tool sends the mask and its clicks (POST /api/images/{id}/refine/)
-// The mask lives twice: `bits` (one byte per pixel, 0 or 1) is the truth that is saved; the visible canvas is
-// redrawn from it only in the rectangle each edit touched, so an edit costs the size of the edit, not of the image.
+// The mask is `bits` (one byte per pixel, 0 or 1), the truth that is saved. Brush and eraser strokes are drawn into
+// it in JavaScript, not on a canvas read back, and each edit costs the size of the edit, not of the image. The visible
+// canvas has the size of the viewport, not of the image: Chromium hands a changed canvas whole to the compositor every
+// frame, which for a 4096×4096 canvas alone takes most of a frame without a GPU. Each of its pixels shows the mask
+// pixel under its centre (what a canvas of the image's size shows with `image-rendering: pixelated`), redrawn only
+// where an edit changed something, once per frame, and in full on zoom and pan.
 //
 // The clicks tool: a click (or a stroke, sampled every CLICK_SPACING pixels) says "lesion here", a right click or
 // Shift+click "not lesion"; the server redraws the mask around every click of the session and the answer becomes one
@@ -23,6 +27,19 @@ const MAX_ZOOM = 32;
 const MAX_CLICKS = 100; // ml/interactive.py's MAX_CLICKS: the server refuses more in one request
 const CLICK_SPACING = 8; // image pixels between the clicks a stroke of the clicks tool is sampled into
 const STROKE_CLICKS = 30; // at most this many from one stroke: a long one is sampled more sparsely
+
+// The u for which coef·u + offset lies in [min, max], as [from, to]: empty when from > to.
+function solve(coef, offset, min, max) {
+  if (coef === 0) return offset >= min && offset <= max ? [-Infinity, Infinity] : [Infinity, -Infinity];
+  const p = (min - offset) / coef, q = (max - offset) / coef;
+  return coef > 0 ? [p, q] : [q, p];
+}
+
+// Whether two byte arrays of the same length hold the same bytes (a plain loop: `every` is ~30× slower).
+function same(a, b) {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
 
 export class MaskEditor {
   constructor(root) {
@@ -43,11 +60,16 @@ export class MaskEditor {
     this.cursor = this.guides.querySelector("[data-cursor]");
     this.polygonLine = this.guides.querySelector("[data-polygon]");
     this.clickMarkers = this.guides.querySelector("[data-clicks]");
-    this.canvas.width = this.width;
-    this.canvas.height = this.height;
-    this.ctx = this.canvas.getContext("2d", { willReadFrequently: true });
+    this.ctx = this.canvas.getContext("2d");
+    this.view = null; // the canvas's pixels and which image column and row each shows, set by layoutCanvas
+    this.damage = null; // the image rectangle [x1, y1, x2, y2] to show anew at the next frame
+    this.frameRequest = 0;
+    const [r, g, b] = this.color;
+    this.colorWord = new Uint32Array(new Uint8ClampedArray([r, g, b, 255]).buffer)[0]; // one canvas pixel
 
     this.bits = new Uint8Array(this.width * this.height);
+    this.strokeMarks = null; // the pixels the stroke in progress covers, 1; the image's size, made at the first stroke
+    this.strokeRows = null; // per image row, the columns [from, to) where it has marks; none: [width, 0]
     this.undoStack = [];
     this.redoStack = [];
     this.savedEntry = null; // the undo entry on top when the mask was last loaded or saved
@@ -59,6 +81,7 @@ export class MaskEditor {
     this.stroke = null;
     this.polygon = [];
     this.panning = null;
+    this.dragBox = null; // the viewport's box during a drag
     this.spaceHeld = false;
     this.saving = null;
     this.clickStroke = null; // the clicks tool's stroke in progress: its sampled points
@@ -130,21 +153,100 @@ export class MaskEditor {
     return bits;
   }
 
-  // ---- drawing the bits onto the visible canvas ----
+  // ---- showing the bits on the visible canvas ----
+  // Shows the image rectangle anew at the next frame: all the edits of one frame cost one redraw of their union.
   paint(x, y, w, h) {
-    const pixels = this.ctx.createImageData(w, h);
-    const data = pixels.data;
-    const [r, g, b] = this.color;
-    for (let row = 0; row < h; row++) {
-      let source = (y + row) * this.width + x;
-      let target = row * w * 4;
-      for (let col = 0; col < w; col++, source++, target += 4) {
-        if (this.bits[source]) {
-          data[target] = r; data[target + 1] = g; data[target + 2] = b; data[target + 3] = 255;
+    const d = this.damage;
+    if (d) {
+      d[0] = Math.min(d[0], x); d[1] = Math.min(d[1], y); d[2] = Math.max(d[2], x + w); d[3] = Math.max(d[3], y + h);
+    } else {
+      this.damage = [x, y, x + w, y + h];
+    }
+    this.frameRequest ||= requestAnimationFrame(() => {
+      const [x1, y1, x2, y2] = this.damage;
+      this.damage = null;
+      this.frameRequest = 0;
+      this.draw(x1, y1, x2, y2);
+    });
+  }
+
+  // The canvas covers the viewport with one canvas pixel per device pixel: in the zoomed stage, its own transform
+  // undoes the stage's (a transform, as layout would round a position to whole stage pixels, which zoom magnifies).
+  // Redrawn in full, as what it shows has moved.
+  layoutCanvas() {
+    const box = this.dragBox || this.viewport.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
+    const width = Math.ceil(box.width * dpr), height = Math.ceil(box.height * dpr);
+    if (!width || !height) return;
+    if (!this.view || this.canvas.width !== width || this.canvas.height !== height) {
+      this.canvas.width = width;
+      this.canvas.height = height;
+      this.canvas.style.width = `${width / dpr}px`;
+      this.canvas.style.height = `${height / dpr}px`;
+      this.canvas.style.transformOrigin = "0 0";
+      const pixels = this.ctx.createImageData(width, height);
+      this.view = {
+        pixels, words: new Uint32Array(pixels.data.buffer), cols: new Int32Array(width), rows: new Int32Array(height),
+      };
+    }
+    const { scale, x, y } = this.zoom;
+    this.canvas.style.transform = `scale(${1 / scale}) translate(${-x}px, ${-y}px)`;
+    // The image column (row) under each canvas pixel's centre, -1 outside the image.
+    const place = (map, offset, size) => {
+      for (let i = 0; i < map.length; i++) {
+        const v = Math.floor(((i + 0.5) / dpr - offset) / scale);
+        map[i] = v >= 0 && v < size ? v : -1;
+      }
+    };
+    const { cols, rows } = this.view;
+    place(cols, x, this.width);
+    place(rows, y, this.height);
+    this.view.dpr = dpr;
+    // The columns that show the image: [first, last), -1 on either side.
+    this.view.first = cols.findIndex((col) => col >= 0);
+    this.view.last = this.view.first < 0 ? 0 : cols.findLastIndex((col) => col >= 0) + 1;
+    this.drawPixels(0, 0, width, height);
+  }
+
+  // Redraws now the canvas pixels that show the image rectangle [x1, x2) × [y1, y2).
+  draw(x1, y1, x2, y2) {
+    if (!this.view) return;
+    const { scale, x, y } = this.zoom, dpr = this.view.dpr;
+    // A pixel more on each side: rounding never leaves one out.
+    const c1 = Math.max(0, Math.floor((x1 * scale + x) * dpr) - 1);
+    const c2 = Math.min(this.canvas.width, Math.ceil((x2 * scale + x) * dpr) + 1);
+    const r1 = Math.max(0, Math.floor((y1 * scale + y) * dpr) - 1);
+    const r2 = Math.min(this.canvas.height, Math.ceil((y2 * scale + y) * dpr) + 1);
+    if (c1 < c2 && r1 < r2) this.drawPixels(c1, r1, c2, r2);
+  }
+
+  // Redraws now the canvas pixels [c1, c2) × [r1, r2) from the bits, with the stroke in progress over them.
+  // Zoom and pan redraw the whole viewport, so this loop is kept tight: a pixel costs a lookup or two.
+  drawPixels(c1, r1, c2, r2) {
+    const { words, cols, rows, first, last } = this.view, columns = this.canvas.width;
+    const { bits, colorWord, width } = this;
+    const marks = this.stroke ? this.strokeMarks : null, marked = this.stroke && !this.stroke.erase;
+    const from = Math.max(c1, first), to = Math.min(c2, last);
+    for (let r = r1; r < r2; r++) {
+      const out = r * columns;
+      if (rows[r] < 0 || from >= to) {
+        words.fill(0, out + c1, out + c2);
+      } else if (r > r1 && rows[r] === rows[r - 1]) { // zoomed in: the same image row as the canvas row above
+        words.copyWithin(out + c1, out - columns + c1, out - columns + c2);
+      } else {
+        words.fill(0, out + c1, out + from);
+        words.fill(0, out + to, out + c2);
+        const row = rows[r] * width;
+        if (marks) {
+          for (let c = from; c < to; c++) {
+            const i = row + cols[c];
+            words[out + c] = (marks[i] ? marked : bits[i]) ? colorWord : 0;
+          }
+        } else {
+          for (let c = from; c < to; c++) words[out + c] = bits[row + cols[c]] ? colorWord : 0;
         }
       }
     }
-    this.ctx.putImageData(pixels, x, y);
+    this.ctx.putImageData(this.view.pixels, 0, 0, c1, r1, c2 - c1, r2 - r1);
   }
 
   // ---- edits: each one becomes an undo entry holding the rectangle before and after ----
@@ -171,7 +273,7 @@ export class MaskEditor {
   // `clicks`: a refinement's session clicks, kept even when no pixel changed, so that the click still counts.
   record(area, before, clicks = null) {
     const after = this.snapshot(area);
-    if (!clicks && after.every((v, i) => v === before[i])) return;
+    if (!clicks && same(after, before)) return;
     this.historyBytes -= this.redoStack.reduce((sum, entry) => sum + entry.before.length * 2, 0);
     this.redoStack = [];
     this.undoStack.push({ area, before, after, clicks });
@@ -183,20 +285,6 @@ export class MaskEditor {
       if (this.savedEntry === null || this.savedEntry === dropped) this.savedEntry = UNREACHABLE;
     }
     this.changed();
-  }
-
-  // What the canvas shows in `area` (a stroke or polygon drawn with the 2D context) becomes the bits: anti-aliased
-  // edges count from half coverage, so the saved mask is strictly 0/1 and looks exactly as drawn.
-  commitCanvas(area) {
-    if (!area) return;
-    const before = this.snapshot(area);
-    const alpha = this.ctx.getImageData(area.x, area.y, area.w, area.h).data;
-    for (let row = 0; row < area.h; row++) {
-      const start = (area.y + row) * this.width + area.x;
-      for (let col = 0; col < area.w; col++) this.bits[start + col] = alpha[(row * area.w + col) * 4 + 3] >= 128 ? 1 : 0;
-    }
-    this.paint(area.x, area.y, area.w, area.h);
-    this.record(area, before);
   }
 
   undo() {
@@ -222,7 +310,7 @@ export class MaskEditor {
     const area = { x: 0, y: 0, w: this.width, h: this.height };
     const before = this.snapshot(area);
     this.bits.fill(0);
-    this.ctx.clearRect(0, 0, this.width, this.height);
+    this.paint(0, 0, this.width, this.height);
     this.record(area, before);
   }
 
@@ -267,37 +355,79 @@ export class MaskEditor {
     this.record(area, before);
   }
 
-  // ---- brush and eraser strokes, drawn straight onto the canvas while the pointer moves ----
+  // ---- brush and eraser strokes: marked while the pointer moves (and shown over the bits), then committed ----
   strokeStart(point) {
-    const ctx = this.ctx;
-    ctx.globalCompositeOperation = this.tool === "eraser" ? "destination-out" : "source-over";
-    ctx.fillStyle = ctx.strokeStyle = `rgb(${this.color.join(",")})`;
-    ctx.lineWidth = this.size;
-    ctx.lineCap = ctx.lineJoin = "round";
-    ctx.beginPath();
-    ctx.arc(point.x, point.y, this.size / 2, 0, 2 * Math.PI);
-    ctx.fill();
-    const r = this.size / 2 + 2;
-    this.stroke = { last: point, box: [point.x - r, point.y - r, point.x + r, point.y + r] };
+    if (!this.strokeMarks) {
+      this.strokeMarks = new Uint8Array(this.width * this.height);
+      this.strokeRows = new Int32Array(2 * this.height);
+      for (let y = 0; y < this.height; y++) this.strokeRows[2 * y] = this.width;
+    }
+    const r = this.size / 2; // the size when the stroke began holds for all of it
+    const box = [point.x - r, point.y - r, point.x + r, point.y + r];
+    this.stroke = { last: point, r, erase: this.tool === "eraser", box };
+    this.strokeSegment(point, point);
   }
 
   strokeTo(point) {
-    const { ctx, stroke } = this;
-    ctx.beginPath();
-    ctx.moveTo(stroke.last.x, stroke.last.y);
-    ctx.lineTo(point.x, point.y);
-    ctx.stroke();
-    const r = this.size / 2 + 2, box = stroke.box;
+    const stroke = this.stroke, r = stroke.r, box = stroke.box;
+    this.strokeSegment(stroke.last, point);
     box[0] = Math.min(box[0], point.x - r); box[1] = Math.min(box[1], point.y - r);
     box[2] = Math.max(box[2], point.x + r); box[3] = Math.max(box[3], point.y + r);
     stroke.last = point;
   }
 
+  // Marks the pixels whose centre the brush's path from a to b covers (round ends, the brush's diameter wide): those
+  // a line drawn on a canvas covers at least half, so the mask looks exactly as drawn. The path is convex, so it
+  // crosses a row of pixel centres in one run: from the leftmost to the rightmost of where the discs at its ends and
+  // the band between them cross it.
+  strokeSegment(a, b) {
+    const r = this.stroke.r;
+    const area = this.region(Math.min(a.x, b.x) - r, Math.min(a.y, b.y) - r,
+      Math.max(a.x, b.x) + r, Math.max(a.y, b.y) + r);
+    if (!area) return;
+    const { strokeMarks: marks, strokeRows: rows, width } = this;
+    const dx = b.x - a.x, dy = b.y - a.y, length2 = dx * dx + dy * dy, length = Math.sqrt(length2);
+    for (let y = area.y; y < area.y + area.h; y++) {
+      const v = y + 0.5 - a.y, w = y + 0.5 - b.y; // the row's centres, from a and from b
+      let left = Infinity, right = -Infinity;
+      if (v * v <= r * r) {
+        const half = Math.sqrt(r * r - v * v);
+        left = a.x - half; right = a.x + half;
+      }
+      if (w * w <= r * r) {
+        const half = Math.sqrt(r * r - w * w);
+        left = Math.min(left, b.x - half); right = Math.max(right, b.x + half);
+      }
+      if (length) { // the band, for u = x - a.x: 0 <= u·dx + v·dy <= |d|² along it, |u·dy - v·dx| <= r·|d| across
+        const [from1, to1] = solve(dx, v * dy, 0, length2), [from2, to2] = solve(dy, -v * dx, -r * length, r * length);
+        const from = Math.max(from1, from2), to = Math.min(to1, to2);
+        if (from <= to) { left = Math.min(left, a.x + from); right = Math.max(right, a.x + to); }
+      }
+      const x1 = Math.max(area.x, Math.ceil(left - 0.5)), x2 = Math.min(area.x + area.w, Math.floor(right - 0.5) + 1);
+      if (x1 < x2) {
+        marks.fill(1, y * width + x1, y * width + x2);
+        rows[2 * y] = Math.min(rows[2 * y], x1);
+        rows[2 * y + 1] = Math.max(rows[2 * y + 1], x2);
+      }
+    }
+    this.paint(area.x, area.y, area.w, area.h);
+  }
+
   strokeEnd() {
-    const box = this.stroke.box;
+    const { box, erase } = this.stroke;
     this.stroke = null;
-    this.ctx.globalCompositeOperation = "source-over";
-    this.commitCanvas(this.region(...box));
+    const area = this.region(...box);
+    if (!area) return;
+    const { bits, strokeMarks: marks, strokeRows: rows, width } = this, value = erase ? 0 : 1;
+    const before = this.snapshot(area);
+    for (let y = area.y; y < area.y + area.h; y++) {
+      for (let i = y * width + rows[2 * y], end = y * width + rows[2 * y + 1]; i < end; i++) {
+        if (marks[i]) { marks[i] = 0; bits[i] = value; }
+      }
+      rows[2 * y] = width;
+      rows[2 * y + 1] = 0;
+    }
+    this.record(area, before); // nothing to redraw: the marks were shown as `value`
   }
 
   // ---- polygon fill: click the corners, close with a click on the first corner, a double click or Enter ----
@@ -317,15 +447,29 @@ export class MaskEditor {
     this.polygon = [];
     this.drawGuides();
     if (points.length < 3) return;
-    const ctx = this.ctx;
-    ctx.globalCompositeOperation = "source-over";
-    ctx.fillStyle = `rgb(${this.color.join(",")})`;
+    const xs = points.map((p) => p.x), ys = points.map((p) => p.y);
+    const area = this.region(Math.min(...xs) - 2, Math.min(...ys) - 2, Math.max(...xs) + 2, Math.max(...ys) + 2);
+    if (!area) return;
+    // Drawn on a canvas of its own: pixels it covers at least half join the mask, so it looks exactly as drawn.
+    const scratch = document.createElement("canvas");
+    scratch.width = area.w;
+    scratch.height = area.h;
+    const ctx = scratch.getContext("2d", { willReadFrequently: true });
+    ctx.translate(-area.x, -area.y);
     ctx.beginPath();
     points.forEach((p, i) => (i ? ctx.lineTo(p.x, p.y) : ctx.moveTo(p.x, p.y)));
     ctx.closePath();
     ctx.fill();
-    const xs = points.map((p) => p.x), ys = points.map((p) => p.y);
-    this.commitCanvas(this.region(Math.min(...xs) - 2, Math.min(...ys) - 2, Math.max(...xs) + 2, Math.max(...ys) + 2));
+    const alpha = ctx.getImageData(0, 0, area.w, area.h).data;
+    const before = this.snapshot(area);
+    for (let row = 0; row < area.h; row++) {
+      const start = (area.y + row) * this.width + area.x;
+      for (let col = 0; col < area.w; col++) {
+        if (alpha[(row * area.w + col) * 4 + 3] >= 128) this.bits[start + col] = 1;
+      }
+    }
+    this.paint(area.x, area.y, area.w, area.h);
+    this.record(area, before);
   }
 
   // ---- clicks: a click or a stroke's sampled points, sent with the session's to the server, one request at a time ----
@@ -499,12 +643,13 @@ export class MaskEditor {
     const { scale, x, y } = this.zoom;
     this.stage.style.transform = `translate(${x}px, ${y}px) scale(${scale})`;
     this.stage.classList.toggle("magnified", scale > 4);
+    this.layoutCanvas();
     this.drawGuides();
     this.changed();
   }
 
-  imagePoint(event) {
-    const box = this.viewport.getBoundingClientRect();
+  // `box`: the viewport's, when the caller has it.
+  imagePoint(event, box = this.viewport.getBoundingClientRect()) {
     return {
       x: (event.clientX - box.left - this.zoom.x) / this.zoom.scale,
       y: (event.clientY - box.top - this.zoom.y) / this.zoom.scale,
@@ -516,8 +661,12 @@ export class MaskEditor {
     const viewport = this.viewport;
     viewport.addEventListener("pointerdown", (event) => {
       const pan = event.button === 1 || (event.button === 0 && (this.spaceHeld || this.tool === "pan" || !this.editing));
+      // The viewport stays put during a drag (the pointer is captured): its box, read once, spares the forced
+      // layout that reading it after each move's changes to the guides would cost.
+      const box = viewport.getBoundingClientRect();
       if (pan) {
         this.panning = { x: event.clientX - this.zoom.x, y: event.clientY - this.zoom.y };
+        this.dragBox = box;
         viewport.setPointerCapture(event.pointerId);
         viewport.classList.add("panning");
         event.preventDefault();
@@ -525,11 +674,13 @@ export class MaskEditor {
       }
       const clicking = this.editing && this.tool === "clicks" && (event.button === 0 || event.button === 2);
       if (event.button !== 0 && !clicking) return;
-      const point = this.imagePoint(event);
+      const point = this.imagePoint(event, box);
       if (clicking) {
+        this.dragBox = box;
         viewport.setPointerCapture(event.pointerId);
         this.clickStart(point, event.button === 0 && !event.shiftKey); // right button or Shift: "not lesion"
       } else if (this.tool === "brush" || this.tool === "eraser") {
+        this.dragBox = box;
         viewport.setPointerCapture(event.pointerId);
         this.strokeStart(point);
       } else if (this.tool === "fill") {
@@ -545,17 +696,19 @@ export class MaskEditor {
         this.applyZoom();
         return;
       }
+      const box = this.dragBox || viewport.getBoundingClientRect();
       if (this.stroke) {
         const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
-        for (const each of events.length ? events : [event]) this.strokeTo(this.imagePoint(each));
+        for (const each of events.length ? events : [event]) this.strokeTo(this.imagePoint(each, box));
       }
       if (this.clickStroke) {
         const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
-        for (const each of events.length ? events : [event]) this.clickTo(this.imagePoint(each));
+        for (const each of events.length ? events : [event]) this.clickTo(this.imagePoint(each, box));
       }
-      this.drawGuides(this.imagePoint(event));
+      this.drawGuides(this.imagePoint(event, box));
     });
     const end = () => {
+      this.dragBox = null;
       if (this.stroke) this.strokeEnd();
       if (this.clickStroke) this.clickEnd();
       if (this.panning) {
