@@ -7,7 +7,7 @@ from django.core.paginator import Paginator
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.response import Response
 
-COUNT_CAP = 10_000  # a filtered listing counts at most this many rows; more are shown as "10000+"
+COUNT_CAP = 10_000  # a filtered listing counts at most this many rows, and says whether there are more
 
 
 class CountedPaginator(Paginator):
@@ -48,6 +48,7 @@ class CountedCursorPagination(CursorPagination):
         return paginated
 
 
-def count_capped(rows) -> int:
-    """The number of rows of a queryset, counting at most COUNT_CAP."""
-    return rows[:COUNT_CAP].count()
+def count_capped(rows) -> tuple[int, bool]:
+    """The number of rows of a queryset, at most COUNT_CAP, and whether it has more."""
+    count = rows[:COUNT_CAP + 1].count()
+    return min(count, COUNT_CAP), count > COUNT_CAP

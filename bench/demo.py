@@ -22,18 +22,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from bench.cpu import process_and_children
-from bench.load import LUA, free_port, sessions, wrk
+from bench.load import LUA, free_port, server_wait, sessions, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
+# Each server's command on a port, and its processes (config/gunicorn.py: one per core).
 SERVERS = {
-    "gunicorn (make demo)": lambda port: [sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.py",
-                                         "--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null",
-                                         "config.wsgi"],
-    "runserver (before)": lambda port: [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+    "gunicorn (make demo)": (lambda port: [sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.py",
+                                          "--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null",
+                                          "config.wsgi"], os.cpu_count() or 1),
+    "runserver (before)": (lambda port: [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}",
+                                        "--noreload"], 1),
 }
 
 
@@ -63,16 +64,11 @@ def demo_setup(env: dict) -> None:
         worker.wait(60)
 
 
-def server_start(command: list[str], env: dict, port: int) -> subprocess.Popen:
+def server_start(command: list[str], env: dict, port: int, processes: int) -> subprocess.Popen:
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            return server
-        except OSError:
-            time.sleep(0.5)
-    sys.exit(f"{command[1]} did not start")
+    server_wait(port, processes)
+    return server
 
 
 def scenario_lua(cookie: str, image_ids: list[int], fresh: bool) -> dict[str, str]:
@@ -113,9 +109,9 @@ def main(argv=None):
         cookie = sessions([get_user_model().objects.get(username="radiologist")])[0]
         image_ids = list(Image.objects.values_list("id", flat=True))
         results = {}
-        for server_name, command in SERVERS.items():
+        for server_name, (command, processes) in SERVERS.items():
             port = free_port()
-            server = server_start(command(port), env, port)
+            server = server_start(command(port), env, port, processes)
             try:
                 for fresh in (False, True):
                     for name, script in scenario_lua(cookie, image_ids, fresh).items():

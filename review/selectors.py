@@ -41,8 +41,12 @@ def review_queue(user, project=None):
 
 def review_queue_count(user, project=None) -> int:
     """The number of images of review_queue(user, project), from the tallies."""
-    projects = access.projects_visible(user) if project is None else Project.objects.filter(pk=project.pk)
-    return tallies_count(projects, annotated=True, review_status=Image.ReviewStatus.PENDING)
+    return tallies_count(_projects(user, project), annotated=True, review_status=Image.ReviewStatus.PENDING)
+
+
+def _projects(user, project=None):
+    """The user's projects, or just `project`."""
+    return access.projects_visible(user) if project is None else Project.objects.filter(pk=project.pk)
 
 
 def claimable(images, user, now):
@@ -53,7 +57,7 @@ def claimable(images, user, now):
 def queue_counts(user, now, project=None) -> dict[str, int]:
     """The annotated images of the user's projects (or of `project`) per name of QUEUE_STATUSES, from the tallies
     and the few images held right now."""
-    projects = access.projects_visible(user) if project is None else Project.objects.filter(pk=project.pk)
+    projects = _projects(user, project)
     by_status = tallies_by_status(projects, annotated=True)
     in_review = Image.objects.filter(image_in_review(now), project__in=projects, annotated_at__isnull=False).count()
     return {"pending": by_status.get(Image.ReviewStatus.PENDING, 0) - in_review, "in_review": in_review,
@@ -63,9 +67,9 @@ def queue_counts(user, now, project=None) -> dict[str, int]:
 
 def review_listing(user, now, project=None, status="", label="", uncertainty_min=None, uncertainty_max=None,
                    reviewer=""):
-    """The queue page's rows, counts per status and the number of rows; with no status, what still waits (pending
-    and in review). The number comes from the counts unless a filter narrows the rows (then it stops at
-    COUNT_CAP)."""
+    """The queue page's rows, counts per status, the number of rows and whether there are more than that; with no
+    status, what still waits (pending and in review). The number comes from the counts unless a filter narrows the
+    rows (then it stops at COUNT_CAP)."""
     images = access.images_visible(user).filter(annotated_at__isnull=False)
     if project is not None:
         images = images.filter(project=project)
@@ -82,15 +86,15 @@ def review_listing(user, now, project=None, status="", label="", uncertainty_min
     if reviewer:
         images = images.filter(Q(reviewed_by__username=reviewer) | Q(claimed_by__username=reviewer))
     if narrowed:
-        count = count_capped(images)
+        count, more = count_capped(images)
     else:
-        count = counts[status] if status in counts else counts["pending"] + counts["in_review"]
+        count, more = counts[status] if status in counts else counts["pending"] + counts["in_review"], False
     # A row is one Image with the few fields it shows and the names it needs, not four model instances.
     images = images.select_related(None).only(*QUEUE_ROW_FIELDS).annotate(
         project_name=F("project__name"), claimed_by_name=F("claimed_by__username"),
         reviewed_by_name=F("reviewed_by__username"),
         in_review=ExpressionWrapper(by_status["in_review"], output_field=BooleanField())).order_by(*QUEUE_ORDER)
-    return images, counts, count
+    return images, counts, count, more
 
 
 def image_for_page(user, pk) -> Image:

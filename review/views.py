@@ -9,7 +9,7 @@ from annotator.masks.selectors import mask_latest, mask_versions
 from annotator.masks.services import StaleMaskError, mask_restore
 from annotator.models import Mask
 from annotator.pages import action_report, form_data, form_errors_text
-from annotator.pagination import COUNT_CAP, CountedPaginator
+from annotator.pagination import CountedPaginator
 from annotator.png import MaskError
 from annotator.projects.selectors import projects_listed
 from review import selectors, services
@@ -25,14 +25,15 @@ def queue(request):
         messages.error(request, f"Filter not applied: {form_errors_text(form)}")
     filters = form.cleaned_data
     project = access.project_get(request.user, filters["project"]) if filters.get("project") is not None else None
-    images, counts, count = selectors.review_listing(
+    images, counts, count, more = selectors.review_listing(
         request.user, timezone.now(), project, status=filters.get("status", ""), label=filters.get("label", ""),
         uncertainty_min=filters.get("min"), uncertainty_max=filters.get("max"), reviewer=filters.get("reviewer", ""))
     page = CountedPaginator(images, QUEUE_PAGE_ROWS, count).get_page(request.GET.get("page"))
     return render(request, "review/queue.html", {
         "images": page.object_list,
         "page": page,
-        "count": f"{count}+" if count == COUNT_CAP else count,
+        "count": count,
+        "more": more,
         "counts": counts,
         "status_counts": [(name, name.replace("_", " "), counts[name]) for name in selectors.QUEUE_STATUSES],
         "project": project,

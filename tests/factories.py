@@ -3,6 +3,7 @@ import hashlib
 
 import numpy as np
 from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from PIL import Image as PILImage
@@ -60,3 +61,8 @@ def box_mask(size, box):
 
 def mask_png(mask) -> bytes:
     return png_encode(mask.astype(bool))
+
+
+def mask_file(mask) -> SimpleUploadedFile:
+    """A boolean mask as the PNG file of a mask upload."""
+    return SimpleUploadedFile("mask.png", mask_png(mask), content_type="image/png")

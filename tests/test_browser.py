@@ -11,7 +11,7 @@ import pytest
 from annotator.models import Image, Job, Mask, TrainingRun
 from annotator.masks.services import mask_array
 from tests.conftest import DEMO_BUSI, PASSWORD, ROOT
-from tests.factories import annotated_image, box_mask, mask_png
+from tests.factories import annotated_image, box_mask, mask_file
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -307,7 +307,7 @@ def test_a_stale_save_keeps_the_drawing_and_can_go_on_top(team, live_server, bro
 
     # Meanwhile an admin saves version 2 through the API.
     theirs = box_mask(SIZE, (250, 200, 300, 250))
-    team.api(team.admin).post(f"/api/images/{image.pk}/masks/", {"parent_version": 1, "file": _png_file(theirs)},
+    team.api(team.admin).post(f"/api/images/{image.pk}/masks/", {"parent_version": 1, "file": mask_file(theirs)},
                               format="multipart")
 
     page.keyboard.press("Control+s")
@@ -354,9 +354,3 @@ def test_every_page_and_the_api_docs_run_under_the_content_security_policy(team,
             editor_ready(page, 40 * 40)  # the editor's modules ran and drew the model's mask
         assert page.evaluate("window.cspViolations") == [], url
     page.close()
-
-
-def _png_file(mask):
-    from django.core.files.uploadedfile import SimpleUploadedFile
-
-    return SimpleUploadedFile("mask.png", mask_png(mask), content_type="image/png")

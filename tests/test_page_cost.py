@@ -3,14 +3,13 @@ endpoints walks an index, never the whole image table; and the counts they show 
 change of an image's state."""
 import pytest
 from django.contrib.admin.sites import site
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from annotator.models import Image
 from annotator.tallies import images_delete, tallies_count, tallies_kept, tallies_recount, tallies_rebuild
 from review.services import image_approve, image_reject, image_requeue
-from tests.factories import annotated_image, box_mask, mask_png
+from tests.factories import annotated_image, box_mask, mask_file
 
 SEEDED = 100_000
 
@@ -49,7 +48,7 @@ def test_hot_pages_walk_indexes_on_100_000_images(team):
         cursor.execute("ANALYZE annotator_image")
     tallies_rebuild()  # the seed went behind the services' back
     assert tallies_count([team.project]) == SEEDED + 1
-    mask = mask_png(box_mask((40, 30), (2, 2, 30, 20)))
+    mask = box_mask((40, 30), (2, 2, 30, 20))
     project = team.project.pk
     for user in (team.radiologist, team.admin):  # a member's pages join the memberships, an admin's see every project
         client, api = team.client(user), team.api(user)
@@ -67,10 +66,6 @@ def test_hot_pages_walk_indexes_on_100_000_images(team):
             saved = api.post(f"/api/images/{image.pk}/masks/", {"file": mask_file(mask)}, format="multipart")
             assert saved.status_code == 201, saved.content
         assert not image_table_scans(captured), "\n\n".join(image_table_scans(captured))
-
-
-def mask_file(data: bytes) -> SimpleUploadedFile:
-    return SimpleUploadedFile("mask.png", data, content_type="image/png")
 
 
 def test_the_queue_counts_and_totals_come_from_the_tallies(team):
