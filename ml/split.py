@@ -4,7 +4,9 @@ No torch here, so that `python -m ml split` starts without it.
 """
 from __future__ import annotations
 
+import csv
 import random
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -42,9 +44,10 @@ def split_grouped_stratified(labels: list[int], groups: list[int], val_fraction:
         members.setdefault(group, []).append(index)
     train, val = [], []
     for label in sorted(set(labels)):
-        # A group is filed under the label of most of its images.
+        # A group is filed under the label of most of its images; a tie goes to the label that sorts first, as a
+        # set's order of strings changes with Python's hash seed from one run to the next.
         class_groups = [g for g, idx in members.items()
-                        if max(set(labels[i] for i in idx), key=[labels[i] for i in idx].count) == label]
+                        if max(sorted(set(labels[i] for i in idx)), key=[labels[i] for i in idx].count) == label]
         rng.shuffle(class_groups)
         quota = max(1, round(sum(len(members[g]) for g in class_groups) * val_fraction))
         taken = 0
@@ -55,3 +58,25 @@ def split_grouped_stratified(labels: list[int], groups: list[int], val_fraction:
             else:
                 train += members[group]
     return sorted(train), sorted(val)
+
+
+def manifest_split(data: Path, out: Path, test_fraction: float, seed: int) -> tuple[int, int, int]:
+    """`train.csv` and `test.csv` in `out`: the manifest's rows split by class and near-duplicate group, with
+    absolute paths so that the files work from wherever they are. The counts of training and test images and of
+    groups."""
+    with data.open() as f:
+        rows = list(csv.DictReader(f))
+    root = data.parent.resolve()
+    for row in rows:
+        row["filename"] = str(root / row["filename"])
+        if row.get("mask_path"):
+            row["mask_path"] = str(root / row["mask_path"])
+    groups = near_duplicate_groups([image_dhash(Image.open(row["filename"])) for row in rows], DUPLICATE_DISTANCE)
+    train, test = split_grouped_stratified([row["label"] for row in rows], groups, test_fraction, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, indices in (("train.csv", train), ("test.csv", test)):
+        with (out / name).open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows[i] for i in indices)
+    return len(train), len(test), len(set(groups))

