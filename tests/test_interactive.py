@@ -18,7 +18,7 @@ from ml.interactive import (MAX_CLICKS, Click, ClickRefiner, RefinerTrainConfig,
 from ml.metrics import mask_iou
 from ml.models import packaged_imagenet_weights
 from ml.segment import segmenter_build
-from tests.test_curve import written_set
+from tests.lesion_sets import lesion_set_write
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIDE = 120
@@ -206,7 +206,7 @@ def panel_folder(tmp_path_factory):
 
 
 def test_the_clicks_command_prints_each_method_and_the_best_last(panel_folder, tmp_path, capsys):
-    data_csv, _ = written_set(tmp_path / "data", 6, seed=5)
+    data_csv, _ = lesion_set_write(tmp_path / "data", 6, seed=5)
     main(["clicks", "--model", str(panel_folder), "--data", str(data_csv), "--max-clicks", "5"])
 
     lines = capsys.readouterr().out.strip().splitlines()
@@ -219,7 +219,7 @@ def test_the_clicks_command_prints_each_method_and_the_best_last(panel_folder, t
 def test_the_refiner_command_trains_judges_against_grabcut_and_writes_only_a_better_refiner(panel_folder, tmp_path,
                                                                                          capsys):
     model = shutil.copytree(panel_folder, tmp_path / "model")
-    data_csv, _ = written_set(tmp_path / "data", 24, seed=6)
+    data_csv, _ = lesion_set_write(tmp_path / "data", 24, seed=6)
     main(["refiner", "--model", str(model), "--data", str(data_csv), "--epochs", "1", "--max-clicks", "3",
           "--no-hub", "--write"])
 
