@@ -48,6 +48,8 @@ def report_run(data: Path, out: Path, config: ReportConfig, progress=print) -> d
     if not (split / "test.csv").is_file():
         manifest_split(data, split, config.test_fraction, config.split_seed)
     seeds = [seed_result(split, out / f"seed-{seed}", seed, config, progress) for seed in config.seeds]
+    for seed in seeds:  # what `train` chose on the seed's validation share, read from its checkpoint
+        seed["recipe"] = json.loads((out / f"seed-{seed['seed']}" / "panel" / "manifest.json").read_text())["annotate"]
     report = {"config": asdict(config), "data": str(data), "code_version": code_version(), "seeds": seeds}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(report_markdown(report) + "\n")
@@ -145,7 +147,7 @@ def report_markdown(report: dict) -> str:
     for name in architectures:
         lines.append(_mask_row(f"{name}'s own XGrad-CAM", [s["metrics"]["models"][name] for s in seeds]))
     lines.append(_mask_row("the paper's intersection", [s["metrics"][PAPER] for s in seeds]))
-    lines.append(_mask_row("the panel's consensus, refined", [s["metrics"][CONSENSUS] for s in seeds]))
+    lines.append(_mask_row("the panel's consensus, by the chosen recipe", [s["metrics"][CONSENSUS] for s in seeds]))
     for k in map(str, config["approved"]):
         members = [s["members"][k] for s in seeds]
         chosen = sum(m["gate"] == "segmentation" for m in members)
@@ -162,8 +164,17 @@ def report_markdown(report: dict) -> str:
                   f"{config['epochs']} epochs at most; training took {_minutes([s['panel_seconds'] for s in seeds])} "
                   f"per seed, each segmentation member {_minutes(member_seconds)} ({config['member_epochs']} epochs "
                   f"at {config['member_input_size']} px). IoU and Dice are means over the lesion images; a healthy "
-                  f"diagnosis proposes nothing there and scores 0. Code {report['code_version']}."]
+                  f"diagnosis proposes nothing there and scores 0. Code {report['code_version']}.", "",
+              "Chosen on each seed's validation share: " + "; ".join(
+                  f"seed {s['seed']}: {_recipe(s['recipe'])}" for s in seeds) + "."]
     return "\n".join(lines)
+
+
+def _recipe(annotate: dict) -> str:
+    binarize = {"fraction": f"{annotate['binarize_fraction']} of the maximum", "otsu": "Otsu",
+                "percentile": f"{annotate['binarize_percentile']:g}th percentile"}[annotate["binarize"]]
+    return (f"{binarize}, {annotate['consensus']}, refinement {annotate['refine']}, flagged above "
+            f"{annotate['uncertainty_measure']} {annotate['uncertainty_threshold']:g}")
 
 
 def _mask_row(name: str, rows: list[dict]) -> str:
