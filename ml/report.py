@@ -60,9 +60,10 @@ def seed_result(split: Path, folder: Path, seed: int, config: ReportConfig, prog
     """One seed's scores on the test images, read back from `folder` when it already holds them for this config."""
     key = json.loads(json.dumps({**asdict(config), "seeds": None, "seed": seed}))  # as read back from the file
     stored = folder / "result.json"
-    if stored.is_file() and json.loads(stored.read_text())["key"] == key:
+    cached = json.loads(stored.read_text()) if stored.is_file() else None
+    if cached is not None and cached["key"] == key:
         progress(f"seed {seed}: scores from {stored}")
-        return json.loads(stored.read_text())
+        return cached
     panel = folder / "panel"
     if not _panel_matches(panel, config, seed):
         progress(f"seed {seed}: training the panel into {panel}")
