@@ -263,6 +263,7 @@ class RefinerTrainConfig:
     weight_decay: float = 1e-4
     max_initial_clicks: int = 3  # clicks sampled at random on the starting mask
     max_iterations: int = 3  # then up to this many rounds of: predict, add the protocol's next click (RITM)
+    freeze_encoder_batchnorm: bool = False  # keep the encoder's BatchNorm statistics (the member's) while training
     seed: int = 0
 
     def __post_init__(self):

@@ -48,6 +48,7 @@ class SegmentTrainConfig:
     # An approved mask outweighs a pseudo-mask this many times, pixel for pixel. With 100 approved masks among 447
     # BUSI training images (validation IoU, one seed): 37.7 % at 3, 41.4 % at 10, 40.2 % with no pseudo-masks.
     approved_weight: float = 10.0
+    freeze_encoder_batchnorm: bool = False  # keep the encoder's ImageNet BatchNorm statistics while training
     seed: int = 0
 
     def __post_init__(self):
@@ -79,6 +80,17 @@ class SegmentationNet(nn.Module):
         self.smooth = nn.Sequential(nn.Conv2d(DECODER_CHANNELS, DECODER_CHANNELS, 3, padding=1, bias=False),
                                     nn.BatchNorm2d(DECODER_CHANNELS), nn.ReLU(inplace=True))
         self.head = nn.Conv2d(DECODER_CHANNELS, 1, 1)
+        self.encoder_batchnorm_frozen = False  # set by training (`freeze_encoder_batchnorm`), honoured by train()
+
+    def train(self, mode: bool = True) -> "SegmentationNet":
+        """nn.Module's, except that the encoder's BatchNorm layers stay in eval mode, their running statistics kept,
+        while `encoder_batchnorm_frozen` is set."""
+        super().train(mode)
+        if mode and self.encoder_batchnorm_frozen:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Lesion logits, (batch, 1, H, W) at the input's size."""
@@ -175,10 +187,12 @@ def batches_train(net: SegmentationNet, count: int, config,
                   on_batch: Callable[[int, int, float], None] | None, name: str) -> list[float]:
     """The training loop of the member and the click refiner: `config.epochs` passes over `count` items in shuffled
     batches (a last batch of one is skipped: BatchNorm), AdamW with the encoder at a tenth of the rate, a cosine
-    schedule; `batch_loss(indices, rng)` gives a batch's loss, drawing any randomness from `rng` (seeded by
-    `config.seed`). Leaves the net in eval mode; the mean loss per epoch."""
+    schedule, the encoder's BatchNorm statistics frozen where the config says so; `batch_loss(indices, rng)` gives a
+    batch's loss, drawing any randomness from `rng` (seeded by `config.seed`). Leaves the net in eval mode; the mean
+    loss per epoch."""
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
+    net.encoder_batchnorm_frozen = config.freeze_encoder_batchnorm
     net.to(device).train()
     optimizer = torch.optim.AdamW(net.parameter_groups(config.learning_rate), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)

@@ -121,6 +121,19 @@ def test_the_trained_member_finds_dark_discs_it_never_saw(trained_member):
     assert np.mean([mask_iou(p > 0.5, t.mask) for p, t in zip(probs, unseen)]) > 0.4
 
 
+def test_frozen_encoder_batchnorm_keeps_the_imagenet_statistics_and_the_decoder_still_learns(one_torch_thread):
+    net = segmenter_build(SegmenterConfig(input_size=64), packaged_imagenet_weights("efficientnet_lite0"))
+    before = {name: tensor.clone() for name, tensor in net.state_dict().items() if "running_mean" in name}
+    segmenter_train(net, disc_targets(4), SegmentTrainConfig(epochs=1, batch_size=4, freeze_encoder_batchnorm=True),
+                    IMAGENET_MEAN, IMAGENET_STD)
+    after = net.state_dict()
+    changed = {name for name, tensor in before.items() if not torch.equal(tensor, after[name])}
+
+    assert changed == {name for name in before if not name.startswith("encoder.")} != set()
+    assert not net.training
+    assert net.train().encoder.conv_stem.training and not net.encoder.bn1.training
+
+
 # --- The gate ----------------------------------------------------------------------------------------------------
 
 
