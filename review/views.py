@@ -5,9 +5,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from annotator import access
-from annotator.masks.selectors import mask_latest, mask_versions
+from annotator.masks.selectors import mask_latest, mask_summary, mask_versions
 from annotator.masks.services import StaleMaskError, mask_restore
-from annotator.models import Mask
 from annotator.pages import action_report, form_data, form_errors_text
 from annotator.pagination import CountedPaginator
 from annotator.png import MaskError
@@ -56,13 +55,14 @@ def take_next(request):
 
 def image_review(request, pk):
     image = selectors.image_for_page(request.user, pk)
+    masks = mask_summary(image)
     return render(request, "review/image.html", {
         "image": image,
         "predictions": selectors.image_predictions(image),
         "candidate_masks": selectors.image_candidate_masks(image),
-        "mask": mask_latest(image),
-        "mask_count": image.masks.count(),
-        "model_mask": mask_latest(image, source=Mask.Source.MODEL),
+        "mask": masks.latest,
+        "mask_count": masks.versions,
+        "model_mask": masks.latest_of_model,
         "can_review": access.user_can_review(request.user, image.project),
         "diagnosis": image.reviewed_label or image.predicted_label,
         "reviews": image.reviews.select_related("reviewer", "mask")[:10],

@@ -3,9 +3,11 @@ seen, and sending a rejected image back to the queue."""
 import numpy as np
 from django.contrib.messages import get_messages
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from annotator.models import Image, Mask
-from annotator.masks.selectors import mask_latest
+from annotator.masks.selectors import MaskSummary, mask_latest, mask_summary
 from annotator.masks.services import mask_array, mask_create
 from annotator.tallies import image_tally_add
 from review.selectors import review_queue
@@ -118,6 +120,23 @@ def test_image_page_links_to_the_versions_and_preselects_the_diagnosis(team):
     Image.objects.filter(pk=image.pk).update(reviewed_label="normal")
     html = client.get(f"/review/images/{image.pk}/").content.decode()
     assert '<option value="normal" selected>' in html and "Radiologist's diagnosis: <b>normal</b>" in html
+
+
+def test_the_image_page_reads_its_masks_in_one_query_the_newest_the_models_and_the_count(team):
+    image = annotated_image(team.project)  # version 1, the model's
+    drawn_version(image, team.radiologist)
+    drawn_version(image, team.radiologist)
+    with CaptureQueriesContext(connection) as captured:
+        summary = mask_summary(image)
+
+    assert len(captured) == 1
+    assert (summary.latest.version, summary.latest.source, summary.versions) == (3, Mask.Source.HUMAN, 3)
+    assert (summary.latest_of_model.version, summary.latest_of_model.source) == (1, Mask.Source.MODEL)
+    html = team.client(team.radiologist).get(f"/review/images/{image.pk}/").content.decode()
+    assert "Proposal (model, v1)" in html and 'id="approve-mask-version" value="3"' in html
+    bare = annotated_image(team.project, "bare.png")
+    bare.masks.all().delete()
+    assert mask_summary(bare) == MaskSummary(None, None, 0)
 
 
 def test_label_correction_is_stored_on_the_image_and_in_the_audit_trail(team):
