@@ -5,6 +5,11 @@ from the proposal the app would show, each next click goes to the centre of the 
 missed region, negative in a false one, and the refiner redraws the mask from the last mask and every click so far.
 NoC@85 is the number of clicks until the mask overlaps the truth by 85 % IoU (0 when the proposal already does;
 `max_clicks` when it never gets there). Ground-truth masks stand in for the radiologist's intent.
+
+Beside the methods that start from the proposal stands drawing by hand, as the editor's polygon tool does it, from
+nothing: a click per vertex, the vertices where a careful person would put them (on the true outline: after n clicks
+the best of its Douglas-Peucker simplifications and evenly spaced points with at most n vertices). It needs no model and
+reads no proposal: what the clicks tools must beat to be worth a radiologist's time.
 """
 from __future__ import annotations
 
@@ -12,12 +17,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from ml.interactive import Click, ClickRefiner, mask_refine, next_click
 from ml.metrics import mask_iou
 
-METHODS = ("proposal", "grabcut", "learned")  # no refinement (clicks change nothing), training-free, the network
+# By hand (a polygon from nothing), no refinement (clicks change nothing), training-free, the network.
+METHODS = ("polygon", "proposal", "grabcut", "learned")
+POLYGON_TOLERANCES = np.geomspace(0.25, 64, 60)  # Douglas-Peucker tolerances tried, in pixels
 REPORTED_CLICKS = (1, 3, 5)
 
 
@@ -53,6 +61,36 @@ def click_session(image: np.ndarray, truth: np.ndarray, start: np.ndarray,
     return session
 
 
+def polygon_session(truth: np.ndarray, max_clicks: int) -> ClickSession:
+    """Outlining the truth by hand: after n clicks, the best polygon of at most n vertices (fewer than three outline
+    nothing), among the Douglas-Peucker simplifications of its outline and n vertices evenly spaced along the
+    outline of its largest part (the better for round shapes, which Douglas-Peucker cuts into squares)."""
+    contours, _ = cv2.findContours(truth.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    candidates = []
+    for tolerance in POLYGON_TOLERANCES:
+        polygons = [cv2.approxPolyDP(contour, tolerance, True) for contour in contours]
+        candidates.append([polygon for polygon in polygons if len(polygon) >= 3])
+    if contours:
+        largest = max(contours, key=cv2.contourArea)
+        candidates += [[_evenly_spaced(largest, n)] for n in range(3, min(max_clicks, len(largest)) + 1)]
+    best = np.zeros(max_clicks + 1)
+    for polygons in candidates:
+        vertices = sum(len(polygon) for polygon in polygons)
+        if polygons and vertices <= max_clicks:
+            drawn = cv2.fillPoly(np.zeros(truth.shape, np.uint8), polygons, 1) > 0
+            best[vertices:] = np.maximum(best[vertices:], mask_iou(drawn, truth))
+    return ClickSession([float(iou) for iou in best], [])
+
+
+def _evenly_spaced(contour: np.ndarray, count: int) -> np.ndarray:
+    """`count` points of the closed contour at equal distances along it."""
+    points = contour[:, 0].astype(np.float64)
+    steps = np.linalg.norm(np.diff(points, axis=0, append=points[:1]), axis=1)
+    along = np.concatenate([[0.0], np.cumsum(steps)[:-1]])
+    chosen = np.searchsorted(along, np.arange(count) * steps.sum() / count)
+    return contour[np.minimum(chosen, len(contour) - 1)]
+
+
 def method_refine(method: str, refiner: ClickRefiner | None):
     if method == "proposal":
         return None
@@ -65,7 +103,8 @@ def methods_run(images, truths, starts, refiner: ClickRefiner | None, targets: t
                 methods: tuple[str, ...] = METHODS) -> dict[str, list[ClickSession]]:
     """Every method's session on every lesion image; "learned" only with a refiner."""
     chosen = [m for m in methods if m != "learned" or refiner is not None]
-    return {method: [click_session(image, truth, start, method_refine(method, refiner), max_clicks, max(targets))
+    return {method: [polygon_session(truth, max_clicks) if method == "polygon" else
+                     click_session(image, truth, start, method_refine(method, refiner), max_clicks, max(targets))
                      for image, truth, start in zip(images, truths, starts)] for method in chosen}
 
 
@@ -77,7 +116,7 @@ def sessions_summary(sessions: list[ClickSession], targets: tuple[float, ...], m
 
 
 def clicks_table(results: dict[str, list[ClickSession]], targets: tuple[float, ...], max_clicks: int) -> str:
-    names = {"proposal": "the proposal, no refinement", "grabcut": "GrabCut from the clicks (training-free)",
+    names = {"polygon": "polygon drawn by hand (a click per vertex)", "proposal": "the proposal, no refinement", "grabcut": "GrabCut from the clicks (training-free)",
              "learned": "click refiner (learned)"}
     head = ["Method"] + [f"NoC@{round(100 * t)}" for t in targets] + [f"IoU@{k}" for k in REPORTED_CLICKS]
     lines = ["| " + " | ".join(head + ["ms per click"]) + " |", "|---" + "|---:" * (len(head)) + "|"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ml.__main__ import main
-from ml.clicks import click_session, sessions_summary
+from ml.clicks import click_session, polygon_session, sessions_summary
 from ml.config import IMAGENET_MEAN, IMAGENET_STD, AnnotateConfig, EnsembleManifest, SegmenterConfig
 from ml.ensemble import ensemble_build, load_ensemble, save_ensemble
 from ml.interactive import (MAX_CLICKS, Click, ClickRefiner, RefinerTrainConfig, focus_box, mask_refine, next_click,
@@ -126,6 +126,18 @@ def test_a_session_already_on_target_needs_no_click():
     assert click_session(None, truth, truth, None, 20, 0.9).clicks_to(0.85, 20) == 0
 
 
+def test_drawing_by_hand_needs_a_click_per_vertex_four_for_a_square_more_for_a_disc():
+    square = np.zeros((SIDE, SIDE), bool)
+    square[30:90, 20:100] = True
+    by_hand = polygon_session(square, 20)
+
+    assert by_hand.ious[:4] == [0.0, 0.0, 0.0, by_hand.ious[3]] and by_hand.ious[3] < 0.85
+    assert by_hand.clicks_to(0.85, 20) == 4 and by_hand.ious[4] > 0.97 and len(by_hand.ious) == 21
+    round_one = polygon_session(disc((60, 60), radius=40), 20)
+    assert 6 <= round_one.clicks_to(0.85, 20) <= 9 and round_one.ious == sorted(round_one.ious)
+    assert polygon_session(square, 3).clicks_to(0.85, 3) == 3  # never reached: counted as the maximum
+
+
 # --- The learned refiner -----------------------------------------------------------------------------------------
 
 
@@ -212,8 +224,9 @@ def test_the_clicks_command_prints_each_method_and_the_best_last(panel_folder, t
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("4 lesion images of 6") and "no learned click refiner" in lines[0]
     assert any("GrabCut" in line for line in lines) and any("no refinement" in line for line in lines)
+    assert any("polygon drawn by hand" in line for line in lines)
     method, noc = lines[-1].removeprefix("NoC@85 ").split(": ")
-    assert method in ("proposal", "grabcut") and 0 <= float(noc) <= 5
+    assert method in ("polygon", "proposal", "grabcut") and 0 <= float(noc) <= 5
 
 
 def test_the_refiner_command_trains_judges_against_grabcut_and_writes_only_a_better_refiner(panel_folder, tmp_path,
