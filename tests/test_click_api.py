@@ -9,6 +9,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image as PILImage
 
+from annotator.masks.refine import file_gray_cached
 from annotator.models import Mask, ModelVersion
 from tests.conftest import png_bytes
 from tests.factories import annotated_image, mask_png
@@ -79,12 +80,14 @@ def test_a_negative_click_removes_a_false_region_of_the_mask_sent(team, image, g
     assert mask[y1:y2, x1:x2].sum() < 0.2 * (x2 - x1) * (y2 - y1)
 
 
-def test_every_click_of_the_session_counts_and_nothing_is_stored(team, image, grabcut):
+def test_every_click_of_the_session_counts_the_image_is_decoded_once_and_nothing_is_stored(team, image, grabcut):
+    file_gray_cached.cache_clear()
     api = team.api(team.admin)
     first = answer_mask(refine(api, image, [click(*CENTRE)]))
     both = answer_mask(refine(api, image, [click(*CENTRE), click(CENTRE[0], CENTRE[1] - 10, positive=False)],
                               mask=first))
     assert not both[CENTRE[1] - 10, CENTRE[0]] and both[CENTRE[1], CENTRE[0]]
+    assert (file_gray_cached.cache_info().misses, file_gray_cached.cache_info().hits) == (1, 1)
     assert image.masks.count() == 1  # only the model's
 
 

@@ -46,6 +46,20 @@ def project_refiner(project: Project):
     return refiner_cached(project_checkpoint_folder(project))
 
 
+def image_gray(image: Image) -> np.ndarray:
+    """The image's grayscale pixels (read-only), decoded once per web process for all the clicks on it: a stored
+    image file never changes, and decoding a 4096² scan costs more than the refinement itself."""
+    return file_gray_cached(image.file.storage, image.file.name)
+
+
+@lru_cache(maxsize=4)  # a radiologist clicks on one image at a time; 4 grayscale mammograms are 4 × 13 MB
+def file_gray_cached(storage, name: str) -> np.ndarray:
+    with storage.open(name, "rb") as f:
+        gray = np.asarray(PILImage.open(f).convert("L"))
+    gray.flags.writeable = False
+    return gray
+
+
 def image_mask_refine(image: Image, mask_png: bytes | None, clicks: list[dict]) -> RefinedMask:
     """The mask `mask_png` (None: empty) redrawn after the clicks, each {"x", "y", "positive"} in image pixels.
     MaskError for a mask that cannot be used (as for a mask upload), ClicksError for clicks that cannot."""
@@ -58,8 +72,6 @@ def image_mask_refine(image: Image, mask_png: bytes | None, clicks: list[dict]) 
         clicks_check(clicks, image.width, image.height)
     except ValueError as error:
         raise ClicksError(str(error)) from error
-    with image.file.open("rb") as f:
-        gray = np.asarray(PILImage.open(f).convert("L"))
     refiner = project_refiner(image.project)
-    refined = mask_refine(gray, mask, clicks, refiner)
+    refined = mask_refine(image_gray(image), mask, clicks, refiner)
     return RefinedMask(png_encode(refined), LEARNED if refiner is not None else GRABCUT)
