@@ -175,6 +175,8 @@ def _member_arguments(parser) -> None:
     parser.add_argument("--input-size", type=int, default=160, help="a multiple of 32")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-encoder-batchnorm", action="store_true",
+                        help="re-estimate the encoder's BatchNorm statistics while training (default: keep them)")
     parser.add_argument("--no-hub", action="store_true", help="never fetch ImageNet weights from timm's hub")
 
 
@@ -261,8 +263,8 @@ def _refiner_register(commands) -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-clicks", type=int, default=20, help="of the held-out judgement")
-    parser.add_argument("--freeze-encoder-batchnorm", action="store_true",
-                        help="keep the encoder's BatchNorm statistics while training")
+    parser.add_argument("--train-encoder-batchnorm", action="store_true",
+                        help="re-estimate the encoder's BatchNorm statistics while training (default: keep them)")
     parser.add_argument("--no-hub", action="store_true", help="never fetch ImageNet weights from timm's hub")
     parser.add_argument("--write", action="store_true", help="write the refiner into --model if it beats GrabCut")
     parser.set_defaults(run=_refiner)

@@ -59,7 +59,7 @@ def refiner_command(args) -> None:
     net = refiner_from_member(member)
     refiner = ClickRefiner(net.to(ensemble.device), ensemble.manifest.mean, ensemble.manifest.std, ensemble.device)
     train_config = RefinerTrainConfig(epochs=args.epochs, seed=args.seed,
-                                      freeze_encoder_batchnorm=args.freeze_encoder_batchnorm)
+                                      freeze_encoder_batchnorm=not args.train_encoder_batchnorm)
     started = time.monotonic()
     losses = refiner_train(refiner, samples, train_config,
                            on_batch=lambda done, total, loss: print(f"\rbatch {done}/{total} loss {loss:.4f}",
@@ -79,8 +79,7 @@ def refiner_command(args) -> None:
         ensemble.manifest.refiner = net.config
         ensemble.manifest.metrics["refiner"] = {
             "train_masks": len(samples), "held_out_masks": len(judged), "epochs": args.epochs, "seed": args.seed,
-            "training_seconds": round(seconds),
-            "freeze_encoder_batchnorm": args.freeze_encoder_batchnorm, "noc85": {m: round(v, 2) for m, v in nocs.items()},
-            "data": str(args.data)}
+            "training_seconds": round(seconds), "freeze_encoder_batchnorm": train_config.freeze_encoder_batchnorm,
+            "noc85": {m: round(v, 2) for m, v in nocs.items()}, "data": str(args.data)}
         save_ensemble(ensemble, args.model)
         print(f"written into {Path(args.model)}")

@@ -182,7 +182,8 @@ def _spread(values: list[float]) -> str:
 def _member_configs(args) -> tuple[SegmenterConfig, SegmentTrainConfig, str | None]:
     weights = imagenet_weights_resolve([args.encoder], {}, use_hub=not args.no_hub)[args.encoder]
     return (SegmenterConfig(encoder=args.encoder, input_size=args.input_size),
-            SegmentTrainConfig(epochs=args.epochs, seed=args.seed), weights)
+            SegmentTrainConfig(epochs=args.epochs, seed=args.seed,
+                               freeze_encoder_batchnorm=not args.train_encoder_batchnorm), weights)
 
 
 def _rows(data: Path, excluded: set[str], limit: int | None = None) -> list[dict]:

@@ -263,7 +263,10 @@ class RefinerTrainConfig:
     weight_decay: float = 1e-4
     max_initial_clicks: int = 3  # clicks sampled at random on the starting mask
     max_iterations: int = 3  # then up to this many rounds of: predict, add the protocol's next click (RITM)
-    freeze_encoder_batchnorm: bool = False  # keep the encoder's BatchNorm statistics (the member's) while training
+    # Keep the encoder's BatchNorm statistics (the member's) while training. On the demo's 81 held-out BUSI lesion
+    # masks (30 epochs, seed 0, the same member to start from): NoC@85 4.74, IoU@1 68.3 % kept; 6.94, 62.0 %
+    # re-estimated on batches of 8 crops.
+    freeze_encoder_batchnorm: bool = True
     seed: int = 0
 
     def __post_init__(self):
