@@ -265,7 +265,8 @@ class RefinerTrainConfig:
     max_iterations: int = 3  # then up to this many rounds of: predict, add the protocol's next click (RITM)
     # Keep the encoder's BatchNorm statistics (the member's) while training. On the demo's 81 held-out BUSI lesion
     # masks (30 epochs, seed 0, the same member to start from): NoC@85 4.74, IoU@1 68.3 % kept; 6.94, 62.0 %
-    # re-estimated on batches of 8 crops.
+    # re-estimated on batches of 8 crops. A third refiner, kept too but started from another member, needed 8.02:
+    # trainings spread as widely as the two settings differ (demo/README.md).
     freeze_encoder_batchnorm: bool = True
     seed: int = 0
 
