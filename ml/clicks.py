@@ -8,8 +8,8 @@ NoC@85 is the number of clicks until the mask overlaps the truth by 85 % IoU (0 
 
 Beside the methods that start from the proposal stands drawing by hand, as the editor's polygon tool does it, from
 nothing: a click per vertex, the vertices where a careful person would put them (on the true outline: after n clicks
-the best of its Douglas-Peucker simplifications and evenly spaced points with at most n vertices). It needs no model and
-reads no proposal: what the clicks tools must beat to be worth a radiologist's time.
+the best of its Douglas-Peucker simplifications and evenly spaced points with at most n vertices). It needs no model
+and reads no proposal: what the clicks tools must beat to be worth a radiologist's time.
 """
 from __future__ import annotations
 
@@ -116,8 +116,8 @@ def sessions_summary(sessions: list[ClickSession], targets: tuple[float, ...], m
 
 
 def clicks_table(results: dict[str, list[ClickSession]], targets: tuple[float, ...], max_clicks: int) -> str:
-    names = {"polygon": "polygon drawn by hand (a click per vertex)", "proposal": "the proposal, no refinement", "grabcut": "GrabCut from the clicks (training-free)",
-             "learned": "click refiner (learned)"}
+    names = {"polygon": "polygon drawn by hand (a click per vertex)", "proposal": "the proposal, no refinement",
+             "grabcut": "GrabCut from the clicks (training-free)", "learned": "click refiner (learned)"}
     head = ["Method"] + [f"NoC@{round(100 * t)}" for t in targets] + [f"IoU@{k}" for k in REPORTED_CLICKS]
     lines = ["| " + " | ".join(head + ["ms per click"]) + " |", "|---" + "|---:" * (len(head)) + "|"]
     for method, sessions in results.items():
