@@ -117,7 +117,8 @@ def test_evaluate_command_on_demo_images_writes_the_table_and_plots(tmp_path, ca
     assert metrics["mc_samples"] == 3
     counts = metrics["counts"]
     assert (counts["images"], counts["images_with_mask"], counts["images_with_boxes"]) == (6, 3, 3)
-    assert set(metrics["models"]) == {"resnet50", "efficientnet_b0", "densenet121"}
+    panel = json.loads((DEMO_ENSEMBLE / "manifest.json").read_text())["architectures"]
+    assert sorted(metrics["models"]) == sorted(panel) and len(panel) == 3
     for row in [metrics[ENSEMBLE], *metrics["models"].values()]:
         for key in ("accuracy", "balanced_accuracy", "auroc", "ece", "iou", "dice", "pointing"):
             assert 0.0 <= row[key] <= 1.0, key
