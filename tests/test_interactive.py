@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,8 +14,8 @@ from ml.__main__ import main
 from ml.clicks import click_session, polygon_session, sessions_summary
 from ml.config import IMAGENET_MEAN, IMAGENET_STD, AnnotateConfig, EnsembleManifest, SegmenterConfig
 from ml.ensemble import ensemble_build, load_ensemble, save_ensemble
-from ml.interactive import (MAX_CLICKS, Click, ClickRefiner, RefinerTrainConfig, focus_box, mask_refine, next_click,
-                            refiner_from_member, refiner_load, refiner_sample, refiner_train)
+from ml.interactive import (MAX_CLICKS, Click, ClickRefiner, RefinerTrainConfig, crop_paste, focus_box, mask_refine,
+                            next_click, refiner_from_member, refiner_load, refiner_sample, refiner_train)
 from ml.metrics import mask_iou
 from ml.models import packaged_imagenet_weights
 from ml.segment import segmenter_build
@@ -149,6 +150,17 @@ def disc_samples(count: int, seed: int):
         image = np.repeat(scan(lesion, seed=i)[..., None], 3, axis=2)
         samples.append(refiner_sample(image, lesion, np.zeros_like(lesion)))
     return samples
+
+
+def test_the_networks_coarse_answer_is_pasted_with_a_smooth_outline_not_in_steps():
+    # a disc the network sees at 16 px, its probabilities pasted into a 96 px box: the outline stays round
+    lesion = disc((48, 48), radius=30, side=96)
+    coarse = cv2.resize(lesion.astype(np.float32), (16, 16), interpolation=cv2.INTER_AREA)
+    pasted = crop_paste(coarse, (12, 12, 108, 108), (SIDE, SIDE), threshold=0.5)
+    expected = np.zeros((SIDE, SIDE), bool)
+    expected[12:108, 12:108] = lesion
+    assert not pasted[:12].any() and not pasted[:, :12].any()
+    assert mask_iou(pasted, expected) > 0.97
 
 
 @pytest.fixture(scope="module")
