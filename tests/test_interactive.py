@@ -163,6 +163,23 @@ def test_the_networks_coarse_answer_is_pasted_with_a_smooth_outline_not_in_steps
     assert mask_iou(pasted, expected) > 0.97
 
 
+def test_the_refiner_answers_a_mirrored_scan_with_the_mirrored_mask():
+    torch.manual_seed(0)
+    member = segmenter_build(SegmenterConfig(input_size=64), packaged_imagenet_weights("efficientnet_lite0"))
+    refiner = ClickRefiner(refiner_from_member(member).eval(), IMAGENET_MEAN, IMAGENET_STD)
+    lesion = disc((20, 30), radius=12, side=64) | disc((40, 36), radius=6, side=64)  # faces one way
+    image = np.repeat(scan(lesion)[..., None], 3, axis=2)
+    clicks, mirrored = [Click(20, 30, True), Click(50, 10, False)], [Click(43, 30, True), Click(13, 10, False)]
+    whole = (0, 0, 64, 64)  # the network's input size: no resizing, so the mirror is exact to the pixel
+    with torch.no_grad():
+        probs = refiner.flip_averaged_probabilities(image, lesion, clicks, whole)
+        of_mirror = refiner.flip_averaged_probabilities(image[:, ::-1].copy(), lesion[:, ::-1].copy(), mirrored, whole)
+        one_pass, one_pass_of_mirror = refiner.crop_probabilities(
+            [image, image[:, ::-1].copy()], [lesion, lesion[:, ::-1].copy()], [clicks, mirrored], [whole, whole])
+    np.testing.assert_allclose(of_mirror, probs[:, ::-1], atol=1e-5)
+    assert np.abs(one_pass_of_mirror - one_pass[:, ::-1]).max() > 1e-3  # a single pass does not see it so
+
+
 @pytest.fixture(scope="module")
 def trained_refiner(one_torch_thread):
     torch.manual_seed(0)
