@@ -236,6 +236,7 @@ def _report_register(commands) -> None:
 def _clicks(args) -> None:
     from ml.click_commands import clicks_command
 
+    args.excluded = _excluded_names(args.exclude)
     clicks_command(args)
 
 
@@ -251,6 +252,9 @@ def _clicks_register(commands) -> None:
     _labelled_data_arguments(parser, "manifest CSV: filename,label[,mask_path] of images with lesion masks")
     parser.add_argument("--target-iou", type=float, default=0.85, help="NoC counts the clicks to reach this IoU")
     parser.add_argument("--max-clicks", type=int, default=20, help="a correction that never gets there counts this")
+    parser.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
+    parser.add_argument("--held-out", action="store_true",
+                        help="only the images `ml refiner` and fine-tuning runs hold out to judge a refiner")
     parser.set_defaults(run=_clicks)
 
 

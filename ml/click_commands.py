@@ -17,20 +17,22 @@ from ml.segment import segmenter_build
 
 def clicks_command(args) -> None:
     """`python -m ml clicks`, its flags parsed by ml.__main__."""
-    from ml.curve import _rows, labelled_images_read
+    from ml.curve import HELD_OUT_PERCENT, _rows, labelled_images_read
     from ml.ensemble import load_ensemble
+    from ml.finetune import held_out
 
     ensemble = load_ensemble(args.model)
-    rows = _rows(args.data, set(), args.limit)
+    rows = _rows(args.data, args.excluded, args.limit)
     data = labelled_images_read(ensemble, rows, args.data.parent, args.masks, args.batch_size)
-    images, truths, starts, kept = lesion_cases(data, list(range(len(rows))))
+    judged = [i for i, key in enumerate(data.keys) if not args.held_out or held_out(key, HELD_OUT_PERCENT)]
+    images, truths, starts, kept = lesion_cases(data, judged)
     if not kept:
         raise SystemExit("error: no image of the manifest has a lesion mask to click towards")
     refiner = (ClickRefiner(ensemble.refiner, ensemble.manifest.mean, ensemble.manifest.std, ensemble.device)
                if ensemble.refiner is not None else None)
     targets = tuple(sorted({args.target_iou, 0.90}))
     results = methods_run(images, truths, starts, refiner, targets, args.max_clicks)
-    print(f"{len(kept)} lesion images of {len(rows)}, at most {args.max_clicks} clicks each"
+    print(f"{len(kept)} lesion images of {len(judged)}, at most {args.max_clicks} clicks each"
           + ("" if refiner else "; this checkpoint has no learned click refiner"))
     print(clicks_table(results, targets, args.max_clicks))
     method, noc = best_method(results, args.target_iou, args.max_clicks)

@@ -2,8 +2,10 @@
 says, the learned refiner trains and travels in a checkpoint, and the commands print what scripts read. No Django."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,7 +15,9 @@ import torch
 from ml.__main__ import main
 from ml.clicks import click_session, polygon_session, sessions_summary
 from ml.config import IMAGENET_MEAN, IMAGENET_STD, AnnotateConfig, EnsembleManifest, SegmenterConfig
+from ml.curve import HELD_OUT_PERCENT
 from ml.ensemble import ensemble_build, load_ensemble, save_ensemble
+from ml.finetune import held_out
 from ml.interactive import (MAX_CLICKS, Click, ClickRefiner, RefinerTrainConfig, crop_paste, focus_box, mask_refine,
                             next_click, refiner_from_member, refiner_load, refiner_sample, refiner_train)
 from ml.metrics import mask_iou
@@ -256,6 +260,25 @@ def test_the_clicks_command_prints_each_method_and_the_best_last(panel_folder, t
     assert any("polygon drawn by hand" in line for line in lines)
     method, noc = lines[-1].removeprefix("NoC@85 ").split(": ")
     assert method in ("polygon", "proposal", "grabcut") and 0 <= float(noc) <= 5
+
+
+def test_the_clicks_command_leaves_out_excluded_images_and_can_judge_the_held_out_share_alone(panel_folder, tmp_path,
+                                                                                              capsys):
+    data_csv, rows = lesion_set_write(tmp_path / "data", 12, seed=6, speckled=True)
+    excluded = tmp_path / "exclude.csv"
+    excluded.write_text("filename\n" + Path(rows[1]["filename"]).name + "\n")  # a lesion image
+    kept = [row for n, row in enumerate(rows) if n != 1]
+    held = [row for row in kept
+            if held_out(hashlib.sha256((data_csv.parent / row["filename"]).read_bytes()).hexdigest(), HELD_OUT_PERCENT)]
+    held_lesions = sum(row["label"] != "normal" for row in held)
+    assert 0 < len(held) < len(kept)  # the seed puts some, not all, in the held-out share
+
+    main(["clicks", "--model", str(panel_folder), "--data", str(data_csv), "--max-clicks", "2", "--exclude",
+          str(excluded)])
+    assert capsys.readouterr().out.startswith("7 lesion images of 11")
+    main(["clicks", "--model", str(panel_folder), "--data", str(data_csv), "--max-clicks", "2", "--exclude",
+          str(excluded), "--held-out"])
+    assert capsys.readouterr().out.startswith(f"{held_lesions} lesion images of {len(held)}")
 
 
 def test_the_refiner_command_trains_judges_against_grabcut_and_writes_only_a_better_refiner(panel_folder, tmp_path,
