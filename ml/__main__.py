@@ -121,6 +121,10 @@ def _evaluate(args) -> None:
     evaluate_command(args)
 
 
+def _exclude_argument(parser) -> None:
+    parser.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
+
+
 def _labelled_data_arguments(parser, data_help: str) -> None:
     """The flags of the commands that annotate a labelled data set with masks and score it: evaluate and tune."""
     parser.add_argument("--model", type=Path, required=True, help="ensemble checkpoint folder")
@@ -149,7 +153,7 @@ def _tune(args) -> None:
 def _tune_register(commands) -> None:
     parser = commands.add_parser("tune", help="choose binarisation, consensus rule and refinement on lesion masks")
     _labelled_data_arguments(parser, "manifest CSV: filename,label[,mask_path]; not the test split")
-    parser.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
+    _exclude_argument(parser)
     parser.add_argument("--write", action="store_true", help="write the choice into the checkpoint's manifest.json")
     parser.set_defaults(run=_tune)
 
@@ -170,7 +174,7 @@ def _learning_curve(args) -> None:
 
 def _member_arguments(parser) -> None:
     """The flags of the commands that train the segmentation member."""
-    parser.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
+    _exclude_argument(parser)
     parser.add_argument("--encoder", default="efficientnet_lite0", help="the member's timm encoder")
     parser.add_argument("--input-size", type=int, default=160, help="a multiple of 32")
     parser.add_argument("--epochs", type=int, default=15)
@@ -252,7 +256,7 @@ def _clicks_register(commands) -> None:
     _labelled_data_arguments(parser, "manifest CSV: filename,label[,mask_path] of images with lesion masks")
     parser.add_argument("--target-iou", type=float, default=0.85, help="NoC counts the clicks to reach this IoU")
     parser.add_argument("--max-clicks", type=int, default=20, help="a correction that never gets there counts this")
-    parser.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
+    _exclude_argument(parser)
     parser.add_argument("--held-out", action="store_true",
                         help="only the images `ml refiner` and fine-tuning runs hold out to judge a refiner")
     parser.set_defaults(run=_clicks)
@@ -261,7 +265,7 @@ def _clicks_register(commands) -> None:
 def _refiner_register(commands) -> None:
     parser = commands.add_parser("refiner", help="train the click refiner on lesion masks, judge it, write it")
     _labelled_data_arguments(parser, "manifest CSV: filename,label[,mask_path]; not the test split")
-    parser.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
+    _exclude_argument(parser)
     parser.add_argument("--encoder", default="efficientnet_lite0",
                         help="the encoder where the checkpoint has no segmentation member to start from")
     parser.add_argument("--epochs", type=int, default=20)
@@ -288,7 +292,7 @@ def main(argv=None) -> None:
     train.add_argument("--input-size", type=int, default=224)
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--exclude", type=Path, help="CSV whose filename column lists images to leave out")
+    _exclude_argument(train)
     train.add_argument("--weights-dtype", choices=("float32", "int8"), default="float32")
     train.add_argument("--weights", nargs="*", default=[], metavar="ARCH=FILE",
                        help="local ImageNet weights per architecture, e.g. resnet50=/models/resnet50.safetensors")

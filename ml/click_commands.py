@@ -17,14 +17,13 @@ from ml.segment import segmenter_build
 
 def clicks_command(args) -> None:
     """`python -m ml clicks`, its flags parsed by ml.__main__."""
-    from ml.curve import HELD_OUT_PERCENT, _rows, labelled_images_read
+    from ml.curve import _rows, labelled_images_read
     from ml.ensemble import load_ensemble
-    from ml.finetune import held_out
 
     ensemble = load_ensemble(args.model)
     rows = _rows(args.data, args.excluded, args.limit)
     data = labelled_images_read(ensemble, rows, args.data.parent, args.masks, args.batch_size)
-    judged = [i for i, key in enumerate(data.keys) if not args.held_out or held_out(key, HELD_OUT_PERCENT)]
+    judged = data.held_out_split()[0] if args.held_out else list(range(len(rows)))
     images, truths, starts, kept = lesion_cases(data, judged)
     if not kept:
         raise SystemExit("error: no image of the manifest has a lesion mask to click towards")
@@ -42,15 +41,13 @@ def clicks_command(args) -> None:
 def refiner_command(args) -> None:
     """`python -m ml refiner`, its flags parsed by ml.__main__: train the click refiner on the lesion masks outside
     the held-out share, judge it against GrabCut there, and keep it (with --write) only where it needs fewer clicks."""
-    from ml.curve import HELD_OUT_PERCENT, _rows, labelled_images_read
+    from ml.curve import _rows, labelled_images_read
     from ml.ensemble import load_ensemble
-    from ml.finetune import held_out
 
     ensemble = load_ensemble(args.model)
     data = labelled_images_read(ensemble, _rows(args.data, args.excluded, args.limit), args.data.parent, args.masks,
                                 args.batch_size)
-    held = [i for i, key in enumerate(data.keys) if held_out(key, HELD_OUT_PERCENT)]
-    train = [i for i, key in enumerate(data.keys) if not held_out(key, HELD_OUT_PERCENT)]
+    held, train = data.held_out_split()
     images, truths, starts, kept = lesion_cases(data, train)
     samples = [refiner_sample(np.asarray(data.images[i].convert("RGB")), t, s)
                for i, t, s in zip(kept, truths, starts)]

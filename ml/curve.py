@@ -43,6 +43,14 @@ class LabelledImages:
     annotations: list
     keys: list[str]  # SHA-256 of each file, which decides the held-out share
 
+    def held_out_split(self) -> tuple[list[int], list[int]]:
+        """The indices of the held-out images (HELD_OUT_PERCENT of them, by content hash, as fine-tuning runs hold
+        out theirs) and of the rest."""
+        from ml.finetune import held_out
+
+        inside = [held_out(key, HELD_OUT_PERCENT) for key in self.keys]
+        return [i for i, h in enumerate(inside) if h], [i for i, h in enumerate(inside) if not h]
+
 
 def labelled_images_read(ensemble, rows: list[dict], root: Path, masks_dir: Path | None,
                          batch_size: int = 8) -> LabelledImages:
@@ -101,10 +109,7 @@ def segment_fit(ensemble, data: LabelledImages, approved_count: int, order: str,
                 train_config: SegmentTrainConfig, weights: str | None) -> dict:
     """Train the member on the non-held-out images (with `approved_count` of their masks), gate it on the held-out
     ones, and attach it to the ensemble with the proposal source the gate chose; the report."""
-    from ml.finetune import held_out
-
-    held = [i for i, key in enumerate(data.keys) if held_out(key, HELD_OUT_PERCENT)]
-    train = [i for i, key in enumerate(data.keys) if not held_out(key, HELD_OUT_PERCENT)]
+    held, train = data.held_out_split()
     with_truth = [i for i in train if data.truths[i] is not None]
     ranked = [with_truth[j] for j in approval_order([data.annotations[i] for i in with_truth], order,
                                                     train_config.seed)]
