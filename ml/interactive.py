@@ -185,8 +185,8 @@ class ClickRefiner:
     def flip_averaged_probabilities(self, image: np.ndarray, mask: np.ndarray, clicks: list[Click],
                                     box: tuple[int, int, int, int]) -> np.ndarray:
         """The crop's probabilities averaged with those of its mirror image, in one batch of two: the outline no
-        longer depends on which way the lesion faces (demo refiner, 81 held-out BUSI lesions: NoC@85 4.88 vs 5.10,
-        NoC@90 8.79 vs 9.46), for twice the network's time per click."""
+        longer depends on which way the lesion faces, for twice the network's time per click (measured in
+        docs/engine.md, correcting with clicks)."""
         width = mask.shape[1]
         x0, y0, x1, y1 = box
         mirrored = [Click(width - 1 - c.x, c.y, c.positive) for c in clicks]
@@ -219,8 +219,7 @@ def crop_paste(probs: np.ndarray, box: tuple[int, int, int, int], shape: tuple[i
                threshold: float) -> np.ndarray:
     """A mask of `shape`: the crop's probabilities (any size) resized into the box, then thresholded; empty elsewhere.
     Resizing the probabilities rather than the thresholded mask keeps the outline smooth where the box is larger
-    than the network's input (against a nearest-pixel resize of the mask, NoC@85 5.10 vs 5.40 on the demo refiner's
-    81 held-out BUSI lesions, 4.25 vs 4.71 on the demo's 24)."""
+    than the network's input (measured in docs/engine.md, correcting with clicks)."""
     x0, y0, x1, y1 = box
     out = np.zeros(shape, dtype=bool)
     out[y0:y1, x0:x1] = cv2.resize(probs.astype(np.float32), (x1 - x0, y1 - y0),
