@@ -1,5 +1,5 @@
 """Command line: `python -m ml split | train | tune | segment | learning-curve | refiner | clicks | annotate |
-evaluate | report | bench` (each with --help)."""
+evaluate | calibrate | report | bench` (each with --help)."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +34,8 @@ def _train(args) -> None:
                          label_map=tuple(mapping.items()),
                          input_size=args.input_size, epochs=args.epochs, seed=args.seed,
                          weights_dtype=args.weights_dtype, use_hub=not args.no_hub,
-                         weights_files=tuple(_weights_pairs(args.weights)), variance_weight=args.variance_weight)
+                         weights_files=tuple(_weights_pairs(args.weights)), variance_weight=args.variance_weight,
+                         calibrate=args.calibrate)
     ensemble = ensemble_train(paths, labels, config, args.out, masks)
     print(training_table(ensemble.manifest.metrics))
     print(f"checkpoint written to {args.out}")
@@ -156,6 +157,23 @@ def _tune_register(commands) -> None:
     _exclude_argument(parser)
     parser.add_argument("--write", action="store_true", help="write the choice into the checkpoint's manifest.json")
     parser.set_defaults(run=_tune)
+
+
+def _calibrate(args) -> None:
+    from ml.calibration import calibrate_command
+
+    args.excluded = _excluded_names(args.exclude)
+    calibrate_command(args)
+
+
+def _calibrate_register(commands) -> None:
+    parser = commands.add_parser("calibrate", help="temperature-scale a checkpoint's members on its validation split")
+    parser.add_argument("--model", type=Path, required=True, help="ensemble checkpoint folder")
+    parser.add_argument("--data", type=Path, required=True, help="the manifest CSV `ml train` was given")
+    _exclude_argument(parser)
+    parser.add_argument("--write", action="store_true",
+                        help="write the temperatures and the flag threshold chosen with them into --model")
+    parser.set_defaults(run=_calibrate)
 
 
 def _segment(args) -> None:
@@ -292,6 +310,8 @@ def main(argv=None) -> None:
     train.add_argument("--input-size", type=int, default=224)
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--calibrate", action="store_true",
+                       help="temperature-scale each member on the validation split before choosing the flag threshold")
     _exclude_argument(train)
     train.add_argument("--weights-dtype", choices=("float32", "int8"), default="float32")
     train.add_argument("--weights", nargs="*", default=[], metavar="ARCH=FILE",
@@ -313,6 +333,7 @@ def main(argv=None) -> None:
     _bench_register(commands)
     _evaluate_register(commands)
     _tune_register(commands)
+    _calibrate_register(commands)
     _segment_register(commands)
     _learning_curve_register(commands)
     _refiner_register(commands)

@@ -94,6 +94,8 @@ class EnsembleManifest:
     label_map: dict = field(default_factory=dict)  # a data set's own label -> one of `classes`, e.g. benign -> lesion
     segmenter: SegmenterConfig | None = None  # the segmentation member, stored as segmenter.safetensors
     refiner: SegmenterConfig | None = None  # the click refiner (ml/interactive.py), stored as refiner.safetensors
+    # A member's logits are divided by its temperature (uncertainty.temperature_fit) before the softmax; none: 1.
+    temperatures: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
 

@@ -139,7 +139,7 @@ def _annotate_batch(ensemble: Ensemble, images: list[Image.Image], config: Annot
     for arch, model in ensemble.models.items():
         with torch.no_grad():
             samples[arch] = mc_dropout_probs(model_classifier(model), forwards[arch].pooled, config.mc_samples,
-                                             config.dropout, generator).cpu()
+                                             config.dropout, generator, manifest.temperatures.get(arch, 1.0)).cpu()
     model_means = {arch: s.mean(0) for arch, s in samples.items()}  # (batch, classes)
     ensemble_mean = torch.stack(list(model_means.values())).mean(0)
     diagnoses = ensemble_mean.argmax(-1)

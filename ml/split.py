@@ -5,6 +5,7 @@ No torch here, so that `python -m ml split` starts without it.
 from __future__ import annotations
 
 import csv
+import hashlib
 import random
 from pathlib import Path
 
@@ -24,6 +25,13 @@ def image_dhash(image: Image.Image, side: int = 16) -> np.ndarray:
     # PIL's bilinear filter, not cv2.resize: PIL widens it when shrinking, and cv2's hashes would group differently.
     small = np.asarray(image.convert("L").resize((side + 1, side), Image.BILINEAR), dtype=np.float32)
     return (small[:, 1:] > small[:, :-1]).flatten()
+
+
+def data_hash(paths: list[Path], labels: list[int]) -> str:
+    """One hash of every image's name, label and content, to tell which data a checkpoint saw."""
+    entries = sorted(f"{Path(p).name}\t{label}\t{hashlib.sha256(Path(p).read_bytes()).hexdigest()}\n"
+                     for p, label in zip(paths, labels))
+    return hashlib.sha256("".join(entries).encode()).hexdigest()
 
 
 def near_duplicate_groups(hashes: list[np.ndarray], max_distance: int) -> list[int]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import logging
 import random
 import subprocess
@@ -22,7 +21,9 @@ from ml.data import augmentation, image_to_rgb, images_to_tensor
 from ml.defaults import UNFLAGGED_ACCURACY, flag_threshold_choose, mask_recipe_choose, scored_images
 from ml.ensemble import Ensemble, annotate, ensemble_build, save_ensemble
 from ml.models import imagenet_weights_resolve, model_classifier
-from ml.split import DUPLICATE_DISTANCE, image_dhash, near_duplicate_groups, split_grouped_stratified
+from ml.calibration import ensemble_temperatures
+from ml.split import (DUPLICATE_DISTANCE, data_hash, image_dhash, near_duplicate_groups,
+                      split_grouped_stratified)
 from ml.uncertainty import mc_dropout_probs
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class TrainConfig:
     variance_weight: float = 0.0  # λ of the paper's optional term: CE + λ · variance of the MC-Dropout passes
     variance_samples: int = 4  # dropout passes per image for that term
     target_accuracy: float = UNFLAGGED_ACCURACY  # unflagged validation images must be right this often
+    calibrate: bool = False  # temperature-scale each member on the validation split before the flag threshold
     seed: int = 0
     use_hub: bool = True  # ImageNet weights from timm's hub when it can be reached
     weights_files: tuple[tuple[str, str], ...] = ()  # (architecture, local ImageNet weights file)
@@ -87,6 +89,10 @@ def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, ou
                                                       augment, weights_per_class, manifest, config,
                                                       pretrained=weights[arch] is not None)
     mean = torch.stack(list(val_probs.values())).mean(0)
+    if config.calibrate:  # on the images as annotation sees them, as `python -m ml calibrate` does
+        originals_batch = images_to_tensor([originals[i] for i in val_idx], manifest)
+        manifest.temperatures = ensemble_temperatures(ensemble, originals_batch, val_labels, config.annotate,
+                                                      config.seed)
     val_masks = [_mask_load(mask_paths[i]) if mask_paths else None for i in val_idx]
     manifest.annotate, defaults_report = _defaults_choose(ensemble, [originals[i] for i in val_idx],
                                                           [labels[i] for i in val_idx], val_masks, config)
@@ -98,7 +104,7 @@ def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, ou
     }
     manifest.training = {
         "images": len(paths), "train_images": len(train_idx), "near_duplicate_groups": len(set(groups)),
-        "data_sha256": _data_hash(paths, labels), "code_version": code_version(),
+        "data_sha256": data_hash(paths, labels), "code_version": code_version(),
         "imagenet_weights": {arch: str(w) if w else "none (from scratch)" for arch, w in weights.items()},
         "config": {k: v for k, v in asdict(config).items() if k not in ("annotate", "architectures", "classes")},
         "seconds": round(time.monotonic() - started),
@@ -230,13 +236,6 @@ def _classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
     recalls = [float((predicted[labels == c] == c).float().mean()) for c in labels.unique()]
     return {"accuracy": round(float((predicted == labels).float().mean()), 4),
             "balanced_accuracy": round(float(np.mean(recalls)), 4)}
-
-
-def _data_hash(paths: list[Path], labels: list[int]) -> str:
-    """One hash of every image's name, label and content, to tell which data a checkpoint saw."""
-    entries = sorted(f"{Path(p).name}\t{label}\t{hashlib.sha256(Path(p).read_bytes()).hexdigest()}\n"
-                     for p, label in zip(paths, labels))
-    return hashlib.sha256("".join(entries).encode()).hexdigest()
 
 
 def code_version() -> str:
