@@ -3,9 +3,10 @@
 One command, from a manifest with lesion masks: split it once (by its seed) into training and test images, then per
 training seed train the panel on the training images, train the segmentation member beside it with k of their masks
 standing in for approved ones (for each k asked for, gated on their held-out share as fine-tuning runs are), and score
-everything on the test images, which no step saw. The table gives the mean ± standard deviation over the seeds and
-the training times. Each seed's panel and scores stay in the output folder, so a rerun (or one with more seeds)
-trains only what is missing.
+everything on the test images, which no step saw; the panel's diagnoses and flags are scored once more after
+temperature scaling on its validation share (ml/calibration.py), to show what calibration changes. The table gives
+the mean ± standard deviation over the seeds and the training times. Each seed's panel and scores stay in the output
+folder, so a rerun (or one with more seeds) trains only what is missing.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ml.calibration import calibrate, validation_images
 from ml.config import TASKS, SegmenterConfig
 from ml.curve import labelled_images_read, lesion_overlap, member_masks, segment_fit
 from ml.ensemble import load_ensemble
@@ -48,6 +50,8 @@ def report_run(data: Path, out: Path, config: ReportConfig, progress=print) -> d
     if not (split / "test.csv").is_file():
         manifest_split(data, split, config.test_fraction, config.split_seed)
     seeds = [seed_result(split, out / f"seed-{seed}", seed, config, progress) for seed in config.seeds]
+    for seed in seeds:
+        seed["calibrated"] = calibrated_result(split, out / f"seed-{seed['seed']}", seed["seed"], seed["key"], progress)
     for seed in seeds:  # what `train` chose on the seed's validation share, read from its checkpoint
         seed["recipe"] = json.loads((out / f"seed-{seed['seed']}" / "panel" / "manifest.json").read_text())["annotate"]
     report = {"config": asdict(config), "data": str(data), "code_version": code_version(), "seeds": seeds}
@@ -70,11 +74,7 @@ def seed_result(split: Path, folder: Path, seed: int, config: ReportConfig, prog
         _panel_train(split / "train.csv", panel, config, seed)
     ensemble = load_ensemble(panel)
     manifest = ensemble.manifest
-    test = labelled_images_read(ensemble, rows_read(split / "test.csv"), split, None)
-    scores = [image_score(annotation, manifest.classes.index(label), manifest, truth, [])
-              for annotation, label, truth in zip(test.annotations, test.labels, test.truths)]
-    panel_metrics = metrics_summarize(scores, list(manifest.architectures),
-                                      manifest.classes.index(manifest.healthy_class))
+    test, panel_metrics = _test_scores(ensemble, split)
     train = labelled_images_read(ensemble, rows_read(split / "train.csv"), split, None)
     member_config = SegmenterConfig(input_size=config.member_input_size)
     weights = imagenet_weights_resolve([member_config.encoder], {}, config.use_hub)[member_config.encoder]
@@ -92,6 +92,32 @@ def seed_result(split: Path, folder: Path, seed: int, config: ReportConfig, prog
               "members": members}
     stored.write_text(json.dumps(result, indent=2))
     return result
+
+
+def calibrated_result(split: Path, folder: Path, seed: int, key: dict, progress) -> dict:
+    """The seed's panel temperature-scaled on its validation share, and its diagnoses and flags on the test images
+    then; read back from `folder` when it already holds them for `key`. The panel on disk stays as trained."""
+    stored = folder / "calibrated.json"
+    cached = json.loads(stored.read_text()) if stored.is_file() else None
+    if cached is not None and cached["key"] == key:
+        return cached
+    progress(f"seed {seed}: temperature scaling on the validation share")
+    ensemble = load_ensemble(folder / "panel")
+    images, labels = validation_images(ensemble, split / "train.csv", set())
+    before, after = calibrate(ensemble, images, labels, seed)
+    result = {"key": key, "validation": {"before": before, "after": after},
+              "metrics": _test_scores(ensemble, split)[1][ENSEMBLE]}
+    stored.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _test_scores(ensemble, split: Path):
+    """The test images as the ensemble annotates them, and their scores."""
+    manifest = ensemble.manifest
+    test = labelled_images_read(ensemble, rows_read(split / "test.csv"), split, None)
+    scores = [image_score(annotation, manifest.classes.index(label), manifest, truth, [])
+              for annotation, label, truth in zip(test.annotations, test.labels, test.truths)]
+    return test, metrics_summarize(scores, list(manifest.architectures), manifest.classes.index(manifest.healthy_class))
 
 
 def _panel_matches(panel: Path, config: ReportConfig, seed: int) -> bool:
@@ -139,11 +165,13 @@ def report_markdown(report: dict) -> str:
     architectures = list(first["models"])
     lines = ["| Diagnosis | " + " | ".join(header for _, header in DIAGNOSIS_COLUMNS) + " |",
              "|---|" + "---:|" * len(DIAGNOSIS_COLUMNS)]
-    for name in [ENSEMBLE, *architectures]:
-        rows = [s["metrics"][ENSEMBLE] if name == ENSEMBLE else s["metrics"]["models"][name] for s in seeds]
+    diagnosis_rows = {"the panel": [s["metrics"][ENSEMBLE] for s in seeds],
+                      "the panel, temperature-scaled": [s["calibrated"]["metrics"] for s in seeds],
+                      **{name: [s["metrics"]["models"][name] for s in seeds] for name in architectures}}
+    for name, rows in diagnosis_rows.items():
         cells = [spread([row.get(key) for row in rows], percent=key != "auroc") if key in rows[0] else ""
                  for key, _ in DIAGNOSIS_COLUMNS]
-        lines.append(f"| {'the panel' if name == ENSEMBLE else name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| Mask on the test lesions | IoU | Dice |", "|---|---:|---:|"]
     for name in architectures:
         lines.append(_mask_row(f"{name}'s own XGrad-CAM", [s["metrics"]["models"][name] for s in seeds]))
@@ -167,7 +195,11 @@ def report_markdown(report: dict) -> str:
                   f"at {config['member_input_size']} px). IoU and Dice are means over the lesion images; a healthy "
                   f"diagnosis proposes nothing there and scores 0. Code {report['code_version']}.", "",
               "Chosen on each seed's validation share: " + "; ".join(
-                  f"seed {s['seed']}: {_recipe(s['recipe'])}" for s in seeds) + "."]
+                  f"seed {s['seed']}: {_recipe(s['recipe'])}" for s in seeds) + ".", "",
+              "Temperature-scaled: one temperature for the panel fitted on the seed's validation share, and the "
+              "flag threshold chosen again there: " + "; ".join(
+                  f"seed {s['seed']}: T = {_temperature(s['calibrated'])}, flagged above "
+                  f"{s['calibrated']['validation']['after']['uncertainty_threshold']:g}" for s in seeds) + "."]
     return "\n".join(lines)
 
 
@@ -176,6 +208,10 @@ def _recipe(annotate: dict) -> str:
                 "percentile": f"{annotate['binarize_percentile']:g}th percentile"}[annotate["binarize"]]
     return (f"{binarize}, {annotate['consensus']}, refinement {annotate['refine']}, flagged above "
             f"{annotate['uncertainty_measure']} {annotate['uncertainty_threshold']:g}")
+
+
+def _temperature(calibrated: dict) -> str:
+    return f"{next(iter(calibrated['validation']['after']['temperatures'].values())):g}"
 
 
 def _mask_row(name: str, rows: list[dict]) -> str:

@@ -40,8 +40,11 @@ def test_the_report_trains_each_seed_scores_the_test_split_and_writes_the_table(
             (tmp_path / "report" / "split" / "test.csv").open())))
         assert set(seed["members"]) == {"0", "3"}
         assert all(0 <= member["proposal"][0] <= 1 for member in seed["members"].values())
+        calibrated = json.loads((tmp_path / "report" / f"seed-{seed['seed']}" / "calibrated.json").read_text())
+        assert calibrated["metrics"]["accuracy"] is not None and calibrated["validation"]["after"]["temperatures"]
     table = (tmp_path / "report" / "report.md").read_text()
     assert "| the panel |" in table and "| the paper's intersection |" in table
+    assert "| the panel, temperature-scaled |" in table and "seed 1: T = " in table
     assert "proposal** with 3 approved masks" in table and " ± " in table
     assert sum("training the panel" in line for line in said) == 2
 
