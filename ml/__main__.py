@@ -167,7 +167,7 @@ def _calibrate(args) -> None:
 
 
 def _calibrate_register(commands) -> None:
-    parser = commands.add_parser("calibrate", help="temperature-scale a checkpoint's members on its validation split")
+    parser = commands.add_parser("calibrate", help="temperature-scale a checkpoint's panel on its validation split")
     parser.add_argument("--model", type=Path, required=True, help="ensemble checkpoint folder")
     parser.add_argument("--data", type=Path, required=True, help="the manifest CSV `ml train` was given")
     _exclude_argument(parser)
@@ -311,7 +311,7 @@ def main(argv=None) -> None:
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--calibrate", action="store_true",
-                       help="temperature-scale each member on the validation split before choosing the flag threshold")
+                       help="temperature-scale the panel on the validation split before choosing the flag threshold")
     _exclude_argument(train)
     train.add_argument("--weights-dtype", choices=("float32", "int8"), default="float32")
     train.add_argument("--weights", nargs="*", default=[], metavar="ARCH=FILE",

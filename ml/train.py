@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from ml.calibration import ensemble_temperatures
 from ml.config import TASKS, AnnotateConfig, EnsembleManifest
 from ml.data import augmentation, image_to_rgb, images_to_tensor
 from ml.defaults import UNFLAGGED_ACCURACY, flag_threshold_choose, mask_recipe_choose, scored_images
 from ml.ensemble import Ensemble, annotate, ensemble_build, save_ensemble
 from ml.models import imagenet_weights_resolve, model_classifier
-from ml.calibration import ensemble_temperatures
 from ml.split import (DUPLICATE_DISTANCE, data_hash, image_dhash, near_duplicate_groups,
                       split_grouped_stratified)
 from ml.uncertainty import mc_dropout_probs
@@ -54,7 +54,7 @@ class TrainConfig:
     variance_weight: float = 0.0  # λ of the paper's optional term: CE + λ · variance of the MC-Dropout passes
     variance_samples: int = 4  # dropout passes per image for that term
     target_accuracy: float = UNFLAGGED_ACCURACY  # unflagged validation images must be right this often
-    calibrate: bool = False  # temperature-scale each member on the validation split before the flag threshold
+    calibrate: bool = False  # temperature-scale the panel on the validation split before the flag threshold
     seed: int = 0
     use_hub: bool = True  # ImageNet weights from timm's hub when it can be reached
     weights_files: tuple[tuple[str, str], ...] = ()  # (architecture, local ImageNet weights file)
