@@ -79,6 +79,7 @@ def refiner_command(args) -> None:
         ensemble.manifest.metrics["refiner"] = {
             "train_masks": len(samples), "held_out_masks": len(judged), "epochs": args.epochs, "seed": args.seed,
             "training_seconds": round(seconds), "freeze_encoder_batchnorm": train_config.freeze_encoder_batchnorm,
+            "recalibrate_encoder_batchnorm": train_config.recalibrate_encoder_batchnorm,
             "noc85": {m: round(v, 2) for m, v in nocs.items()}, "data": str(args.data)}
         save_ensemble(ensemble, args.model)
         print(f"written into {Path(args.model)}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,8 @@ import torch
 
 from ml.checkpoint import weights_load
 from ml.config import EnsembleManifest, SegmenterConfig
-from ml.segment import SegmentationNet, batches_train, normalise, segmenter_loss
+from ml.segment import (SegmentationNet, batches_train, encoder_batchnorm_recalibrate, normalise,
+                        segmenter_loss)
 
 REFINER_NAME = "refiner.safetensors"
 REFINER_CHANNELS = 6  # the image's three, the current mask, positive and negative click disks
@@ -286,6 +287,10 @@ class RefinerTrainConfig:
     # re-estimated on batches of 8 crops. A third refiner, kept too but started from another member, needed 8.02:
     # trainings spread as widely as the two settings differ (demo/README.md).
     freeze_encoder_batchnorm: bool = True
+    # ... after estimating them afresh on one pass over the training crops (encoder_batchnorm_recalibrate): a member
+    # that kept ImageNet's statistics would hand the refiner statistics of photographs, not of ultrasound crops with
+    # clicks, to keep (measured in docs/engine.md, correcting with clicks).
+    recalibrate_encoder_batchnorm: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -348,7 +353,22 @@ def refiner_train(refiner: ClickRefiner, samples: list[RefinerSample], config: R
         logits = refiner.net(refiner.inputs(images, masks, clicks, boxes))
         return segmenter_loss(logits, targets, torch.ones_like(targets))
 
+    if config.freeze_encoder_batchnorm and config.recalibrate_encoder_batchnorm:
+        encoder_batchnorm_recalibrate(refiner.net, _recalibration_inputs(refiner, samples, config))
     return batches_train(refiner.net, len(samples), config, batch_loss, refiner.device, on_batch, "click refiner")
+
+
+def _recalibration_inputs(refiner: ClickRefiner, samples: list[RefinerSample], config: RefinerTrainConfig):
+    """The network's inputs for one pass over the samples in order, each as training starts it (a starting mask,
+    a few random clicks, a crop of random margin), from a generator of its own: training draws the same as
+    without this pass."""
+    rng = random.Random(config.seed)
+    starts_only = replace(config, max_iterations=0)
+    for start in range(0, len(samples), config.batch_size):
+        images, _, masks, clicks = _training_states(refiner, samples[start:start + config.batch_size], starts_only,
+                                                    rng)
+        boxes = [focus_box(m, c, rng.uniform(0.2, 0.7)) or _whole(m) for m, c in zip(masks, clicks)]
+        yield refiner.inputs(images, masks, clicks, boxes)
 
 
 def _whole(mask: np.ndarray) -> tuple[int, int, int, int]:

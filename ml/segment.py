@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -183,6 +183,25 @@ def segmenter_train(net: SegmentationNet, targets: list[MaskTarget], config: Seg
         return segmenter_loss(net(batch), stacked[:, :1], stacked[:, 1:])
 
     return batches_train(net, len(preloaded), config, batch_loss, device, on_batch, "segmentation member")
+
+
+def encoder_batchnorm_recalibrate(net: SegmentationNet, batches: Iterable[torch.Tensor]) -> None:
+    """The encoder's BatchNorm running statistics estimated afresh as the plain average over these input batches, no
+    weight changed (no gradients; the rest of the net in eval mode). For a net about to train with those statistics
+    frozen on inputs unlike the ones they were estimated on."""
+    layers = [m for m in net.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in layers]
+    net.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # None: a cumulative average, each batch counting alike
+        layer.train()
+    with torch.no_grad():
+        for batch in batches:
+            net(batch)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    net.eval()
 
 
 def batches_train(net: SegmentationNet, count: int, config,

@@ -22,7 +22,7 @@ from ml.interactive import (MAX_CLICKS, Click, ClickRefiner, RefinerTrainConfig,
                             next_click, refiner_from_member, refiner_load, refiner_sample, refiner_train)
 from ml.metrics import mask_iou
 from ml.models import packaged_imagenet_weights
-from ml.segment import segmenter_build
+from ml.segment import encoder_batchnorm_recalibrate, segmenter_build
 from tests.lesion_sets import lesion_set_write
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -189,7 +189,8 @@ def trained_refiner(one_torch_thread):
     torch.manual_seed(0)
     member = segmenter_build(SegmenterConfig(input_size=64), packaged_imagenet_weights("efficientnet_lite0"))
     refiner = ClickRefiner(refiner_from_member(member), IMAGENET_MEAN, IMAGENET_STD)
-    losses = refiner_train(refiner, disc_samples(16, seed=0), RefinerTrainConfig(epochs=8, batch_size=8))
+    # 12 epochs: the encoder statistics estimated afresh on 16 tiny scans slow the start (8 were enough without)
+    losses = refiner_train(refiner, disc_samples(16, seed=0), RefinerTrainConfig(epochs=12, batch_size=8))
     return refiner, losses
 
 
@@ -200,6 +201,45 @@ def test_the_refiner_starts_as_the_member_it_is_built_on():
     hints = torch.rand(1, 3, 64, 64)  # mask and clicks: ignored until training teaches it otherwise
     with torch.no_grad():
         assert torch.allclose(member(image), refiner(torch.cat([image, hints], 1)), atol=1e-5)
+
+
+def encoder_statistics(net) -> list[torch.Tensor]:
+    return [buffer.clone() for name, buffer in net.encoder.named_buffers() if name.endswith("running_mean")]
+
+
+def test_recalibrated_encoder_statistics_are_those_of_the_batches_whatever_they_were_and_no_weight_moves():
+    torch.manual_seed(0)
+    batches = [torch.rand(4, 3, 64, 64) for _ in range(3)]
+    nets = [segmenter_build(SegmenterConfig(input_size=64)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    for buffer in (b for name, b in nets[1].encoder.named_buffers() if name.endswith("running_mean")):
+        buffer.add_(5.0)  # statistics of other inputs, which recalibration must forget
+    weights = {name: p.clone() for name, p in nets[0].named_parameters()}
+    before = encoder_statistics(nets[0])
+
+    for net in nets:
+        encoder_batchnorm_recalibrate(net, batches)
+
+    after = [encoder_statistics(net) for net in nets]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*after))
+    assert any(not torch.allclose(a, b) for a, b in zip(before, after[0]))
+    assert all(torch.equal(p, weights[name]) for name, p in nets[0].named_parameters())
+    assert not nets[0].training and all(layer.momentum == 0.1 for layer in nets[0].encoder.modules()
+                                        if isinstance(layer, torch.nn.BatchNorm2d))
+
+
+def test_the_refiner_trains_with_encoder_statistics_of_its_own_crops_kept_fixed():
+    torch.manual_seed(0)
+    member = segmenter_build(SegmenterConfig(input_size=64), packaged_imagenet_weights("efficientnet_lite0"))
+    imagenet = encoder_statistics(member)
+    trained = {}
+    for recalibrate in (True, False):
+        refiner = ClickRefiner(refiner_from_member(member), IMAGENET_MEAN, IMAGENET_STD)
+        refiner_train(refiner, disc_samples(6, seed=2),
+                      RefinerTrainConfig(epochs=1, batch_size=4, recalibrate_encoder_batchnorm=recalibrate))
+        trained[recalibrate] = encoder_statistics(refiner.net)
+    assert all(torch.equal(a, b) for a, b in zip(imagenet, trained[False]))  # kept as the member had them
+    assert any(not torch.allclose(a, b) for a, b in zip(imagenet, trained[True]))
 
 
 def test_the_refiner_trains_on_tiny_images_and_its_loss_falls(trained_refiner):
