@@ -21,7 +21,7 @@ from ml.defaults import UNFLAGGED_ACCURACY, flag_threshold_choose
 from ml.ensemble import Ensemble, annotate, load_ensemble, manifest_save
 from ml.metrics import expected_calibration_error
 from ml.models import model_classifier
-from ml.split import DUPLICATE_DISTANCE, data_hash, image_dhash, near_duplicate_groups, split_grouped_stratified
+from ml.split import DUPLICATE_DISTANCE, data_hash, validation_split
 from ml.uncertainty import mc_dropout_logits, temperature_fit
 
 BATCH = 16  # images per forward pass: the whole validation split at once would hold every activation
@@ -64,9 +64,8 @@ def validation_images(ensemble: Ensemble, data: Path, excluded: set[str]) -> tup
         raise ValueError(f"{data} (less --exclude) is not the data this checkpoint was trained on")
     config = trained.get("config", {})
     originals = [Image.open(path) for path in paths]
-    groups = near_duplicate_groups([image_dhash(image) for image in originals],
-                                   config.get("duplicate_distance", DUPLICATE_DISTANCE))
-    _, val_idx = split_grouped_stratified(labels, groups, config.get("val_fraction", 0.2), config.get("seed", 0))
+    _, val_idx, _ = validation_split(originals, labels, config.get("val_fraction", 0.2), config.get("seed", 0),
+                                     config.get("duplicate_distance", DUPLICATE_DISTANCE))
     return [originals[i] for i in val_idx], [labels[i] for i in val_idx]
 
 

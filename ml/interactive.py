@@ -346,7 +346,7 @@ def refiner_train(refiner: ClickRefiner, samples: list[RefinerSample], config: R
 
     def batch_loss(chunk: list[int], rng: random.Random) -> torch.Tensor:
         images, truths, masks, clicks = _training_states(refiner, [samples[i] for i in chunk], config, rng)
-        boxes = [focus_box(m, c, rng.uniform(0.2, 0.7)) or _whole(m) for m, c in zip(masks, clicks)]
+        boxes = _training_boxes(masks, clicks, rng)
         targets = torch.from_numpy(np.stack([
             cv2.resize(t[y0:y1, x0:x1].astype(np.float32), (size, size), interpolation=cv2.INTER_NEAREST)
             for t, (x0, y0, x1, y1) in zip(truths, boxes)]))[:, None].to(refiner.device)
@@ -367,8 +367,12 @@ def _recalibration_inputs(refiner: ClickRefiner, samples: list[RefinerSample], c
     for start in range(0, len(samples), config.batch_size):
         images, _, masks, clicks = _training_states(refiner, samples[start:start + config.batch_size], starts_only,
                                                     rng)
-        boxes = [focus_box(m, c, rng.uniform(0.2, 0.7)) or _whole(m) for m, c in zip(masks, clicks)]
-        yield refiner.inputs(images, masks, clicks, boxes)
+        yield refiner.inputs(images, masks, clicks, _training_boxes(masks, clicks, rng))
+
+
+def _training_boxes(masks, clicks, rng: random.Random) -> list[tuple[int, int, int, int]]:
+    """The crops training looks at: around each mask and its positive clicks, with a margin drawn at random."""
+    return [focus_box(m, c, rng.uniform(0.2, 0.7)) or _whole(m) for m, c in zip(masks, clicks)]
 
 
 def _whole(mask: np.ndarray) -> tuple[int, int, int, int]:

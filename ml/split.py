@@ -34,6 +34,15 @@ def data_hash(paths: list[Path], labels: list[int]) -> str:
     return hashlib.sha256("".join(entries).encode()).hexdigest()
 
 
+def validation_split(images: list[Image.Image], labels: list[int], val_fraction: float, seed: int,
+                     duplicate_distance: int = DUPLICATE_DISTANCE) -> tuple[list[int], list[int], list[int]]:
+    """Training and validation indices, stratified by label with near-duplicates on one side, and each image's
+    near-duplicate group: the split `ml train` makes, found again the same way by `ml calibrate`."""
+    groups = near_duplicate_groups([image_dhash(image) for image in images], duplicate_distance)
+    train_idx, val_idx = split_grouped_stratified(labels, groups, val_fraction, seed)
+    return train_idx, val_idx, groups
+
+
 def near_duplicate_groups(hashes: list[np.ndarray], max_distance: int) -> list[int]:
     """A group id per image; images within `max_distance` bits of each other, directly or through others, share it."""
     bits = np.stack(hashes)

@@ -22,8 +22,7 @@ from ml.data import augmentation, image_to_rgb, images_to_tensor
 from ml.defaults import UNFLAGGED_ACCURACY, flag_threshold_choose, mask_recipe_choose, scored_images
 from ml.ensemble import Ensemble, annotate, ensemble_build, save_ensemble
 from ml.models import imagenet_weights_resolve, model_classifier
-from ml.split import (DUPLICATE_DISTANCE, data_hash, image_dhash, near_duplicate_groups,
-                      split_grouped_stratified)
+from ml.split import DUPLICATE_DISTANCE, data_hash, validation_split
 from ml.uncertainty import mc_dropout_probs
 
 log = logging.getLogger(__name__)
@@ -75,9 +74,9 @@ def ensemble_train(paths: list[Path], labels: list[int], config: TrainConfig, ou
     weights = imagenet_weights_resolve(config.architectures, dict(config.weights_files), config.use_hub)
     ensemble = ensemble_build(manifest, weights)
     originals = [Image.open(p) for p in paths]
-    groups = near_duplicate_groups([image_dhash(image) for image in originals], config.duplicate_distance)
+    train_idx, val_idx, groups = validation_split(originals, labels, config.val_fraction, config.seed,
+                                                  config.duplicate_distance)
     images = [image_preload(image, config.input_size) for image in originals]
-    train_idx, val_idx = split_grouped_stratified(labels, groups, config.val_fraction, config.seed)
     augment = augmentation(config.input_size)
     val_batch = images_to_tensor([images[i] for i in val_idx], manifest)
     val_labels = torch.tensor([labels[i] for i in val_idx])

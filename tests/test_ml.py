@@ -395,7 +395,7 @@ def test_ensemble_manifest_rejects_a_healthy_class_not_among_the_classes():
 
 
 def test_near_duplicates_share_a_group_and_stay_on_one_side_of_the_split():
-    from ml.train import image_dhash, near_duplicate_groups, split_grouped_stratified
+    from ml.split import image_dhash, near_duplicate_groups, split_grouped_stratified
 
     rng = np.random.default_rng(0)
     scans = [Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)) for _ in range(20)]
