@@ -90,7 +90,9 @@ class EnsembleManifest:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
-    weights_dtype: str = "float32"  # "int8" stores conv/linear weights quantised per output channel
+    # "int8" stores the panel's and the member's conv/linear weights quantised per output channel (the refiner's
+    # stay float32)
+    weights_dtype: str = "float32"
     label_map: dict = field(default_factory=dict)  # a data set's own label -> one of `classes`, e.g. benign -> lesion
     segmenter: SegmenterConfig | None = None  # the segmentation member, stored as segmenter.safetensors
     refiner: SegmenterConfig | None = None  # the click refiner (ml/interactive.py), stored as refiner.safetensors

@@ -86,7 +86,9 @@ def save_ensemble(ensemble: Ensemble, folder: str | Path) -> Path:
     if ensemble.segmenter is not None:
         weights_save(ensemble.segmenter.state_dict(), folder / SEGMENTER_NAME, ensemble.manifest.weights_dtype)
     if ensemble.refiner is not None:
-        weights_save(ensemble.refiner.state_dict(), folder / REFINER_NAME, ensemble.manifest.weights_dtype)
+        # Always float32: int8 weights cost the demo refiner half a click per mask (docs/engine.md, correcting
+        # with clicks), for the 10 MB they save.
+        weights_save(ensemble.refiner.state_dict(), folder / REFINER_NAME, "float32")
     manifest_save(ensemble.manifest, folder)
     return folder
 

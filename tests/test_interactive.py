@@ -275,6 +275,20 @@ def test_a_checkpoint_carries_the_refiner_and_the_web_process_loads_it_alone(tra
     assert refiner_load(tmp_path / "plain") is None
 
 
+def test_a_checkpoint_of_int8_weights_keeps_its_refiner_exact_and_only_the_panel_quantised(trained_refiner, tmp_path):
+    refiner, _ = trained_refiner
+    manifest = EnsembleManifest(architectures=["resnet18"], classes=["normal", "lesion"], healthy_class="normal",
+                                input_size=32, weights_dtype="int8", refiner=refiner.net.config)
+    ensemble = ensemble_build(manifest)
+    ensemble.refiner = refiner.net
+    folder = save_ensemble(ensemble, tmp_path / "model")
+
+    loaded = refiner_load(folder).net.state_dict()
+    assert all(torch.equal(tensor, loaded[key]) for key, tensor in refiner.net.state_dict().items())
+    panel = load_ensemble(folder, device="cpu").models["resnet18"].state_dict()
+    assert any(not torch.equal(tensor, panel[key]) for key, tensor in ensemble.models["resnet18"].state_dict().items())
+
+
 # --- The commands ------------------------------------------------------------------------------------------------
 
 
