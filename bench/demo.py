@@ -9,12 +9,16 @@ stopped. Each server in turn is started on a free loopback port and driven with 
 per scenario, as the demo radiologist: the login page (anonymous), the review queue page and random image pages;
 each both over keep-alive connections (a browser) and with a new connection per request (`Connection: close`, as
 many scripts and proxies do). Beside req/s, p50/p95/p99 and the server's CPU ms per request (its processes, from
-/proc) it gives the kernel's count of connections dropped
-because a listening socket's accept queue was full (TcpExt ListenOverflows in /proc/net/netstat, over the run): the
-client's TCP sends its SYN again after one second, which is where the development server's one-second tail comes
-from (its backlog is socketserver's 5). Not a test: the figures depend on the machine.
+/proc) it gives the kernel's count of connections dropped because a listening socket's accept queue was full
+(TcpExt ListenOverflows in /proc/net/netstat, over the run): the client's TCP sends its SYN again after one second,
+which is where the development server's one-second tail comes from (its backlog is socketserver's 5). Then, for
+gunicorn with the click refiners loaded as each worker starts (REFINER_WARM=1, the default) and on the first click
+(REFINER_WARM=0), it starts the server afresh, waits `--start-wait` seconds (a radiologist opening an image), and
+times the first refinements one after another (two per worker, so that every worker answers its first). Not a
+test: the figures depend on the machine.
 """
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -23,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlencode
+from urllib.request import Request, urlopen
 
 from bench.cpu import process_and_children
 from bench.load import LUA, free_port, server_wait, sessions, wrk
@@ -87,6 +93,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--start-wait", type=float, default=10,
+                        help="seconds from a server's start to its first measurement (gunicorn's workers load the "
+                             "click refiners meanwhile)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("needs wrk: apt-get install -y wrk")
@@ -112,6 +121,7 @@ def main(argv=None):
         for server_name, (command, processes) in SERVERS.items():
             port = free_port()
             server = server_start(command(port), env, port, processes)
+            time.sleep(args.start_wait)
             try:
                 for fresh in (False, True):
                     for name, script in scenario_lua(cookie, image_ids, fresh).items():
@@ -124,9 +134,41 @@ def main(argv=None):
             finally:
                 os.killpg(server.pid, signal.SIGTERM)
                 server.wait(30)
+        clicks = {warm: first_clicks(env, warm, args.start_wait) for warm in (True, False)}
     finally:
         shutil.rmtree(var, ignore_errors=True)
     table_print(results, args)
+    clicks_print(clicks, args)
+
+
+def first_clicks(env: dict, warm: bool, wait: float) -> list[float]:
+    """ms of each of the first refinements (one click on a demo image) after gunicorn starts and `wait` s pass."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from annotator.models import Image
+
+    token, _ = Token.objects.get_or_create(user=get_user_model().objects.get(username="radiologist"))
+    image = Image.objects.order_by("pk").first()
+    body = urlencode({"clicks": json.dumps([{"x": image.width // 2, "y": image.height // 2, "positive": True}])})
+    command, processes = SERVERS["gunicorn (make demo)"]
+    port = free_port()
+    server = server_start(command(port), {**env, "REFINER_WARM": "1" if warm else "0"}, port, processes)
+    try:
+        time.sleep(wait)
+        times = []
+        for _ in range(2 * processes):
+            request = Request(f"http://127.0.0.1:{port}/api/images/{image.pk}/refine/", data=body.encode(),
+                              headers={"Authorization": f"Token {token.key}",
+                                       "Content-Type": "application/x-www-form-urlencoded"})
+            started = time.perf_counter()
+            with urlopen(request, timeout=120) as response:
+                response.read()
+            times.append((time.perf_counter() - started) * 1000)
+        return times
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
 
 
 def table_print(results: dict, args) -> None:
@@ -140,5 +182,14 @@ def table_print(results: dict, args) -> None:
               f"{result['p99']:7.0f} {result['errors']:6d} {result['overflows']:12d} {result['app ms']:10.1f}")
 
 
+def clicks_print(clicks: dict, args) -> None:
+    print(f"\nthe first refinements after gunicorn (make demo) starts, {args.start_wait:g} s after the start, "
+          f"one after another")
+    for warm, times in clicks.items():
+        label = "refiners loaded at start (REFINER_WARM=1)" if warm else "on the first click (REFINER_WARM=0)"
+        print(f"  {label:>42}: " + "  ".join(f"{ms:6.0f} ms" for ms in times))
+
+
 if __name__ == "__main__":
     main()
+

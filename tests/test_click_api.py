@@ -3,13 +3,15 @@ checkpoint's learned refiner where it has one and GrabCut otherwise, for those w
 unusable clicks and masks with the reason. It never stores anything."""
 import io
 import json
+import logging
+import threading
 
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image as PILImage
 
-from annotator.masks.refine import file_gray_cached
+from annotator.masks.refine import file_gray_cached, project_refiner, refiner_cached, refiners_warm
 from annotator.models import Mask, ModelVersion
 from tests.conftest import png_bytes
 from tests.factories import annotated_image, mask_png
@@ -91,7 +93,7 @@ def test_every_click_of_the_session_counts_the_image_is_decoded_once_and_nothing
     assert image.masks.count() == 1  # only the model's
 
 
-def test_the_learned_refiner_of_the_promoted_model_version_answers_where_it_has_one(team, image, tmp_path, settings):
+def promote_a_version_with_a_small_refiner(project, folder, settings):
     import torch
 
     from ml.checkpoint import weights_save
@@ -101,13 +103,16 @@ def test_the_learned_refiner_of_the_promoted_model_version_answers_where_it_has_
 
     torch.manual_seed(0)
     config = SegmenterConfig(input_size=64)
-    folder = tmp_path / "finetuned"
     folder.mkdir()
     weights_save(refiner_from_member(segmenter_build(config)).state_dict(), folder / REFINER_NAME, "float32")
     manifest = json.loads((settings.ENSEMBLE_DIR / "manifest.json").read_text())
     (folder / "manifest.json").write_text(json.dumps({**manifest, "refiner": config.__dict__}))
-    team.project.model_version = ModelVersion.objects.create(project=team.project, name="v2", folder=str(folder))
-    team.project.save()
+    project.model_version = ModelVersion.objects.create(project=project, name="v2", folder=str(folder))
+    project.save()
+
+
+def test_the_learned_refiner_of_the_promoted_model_version_answers_where_it_has_one(team, image, tmp_path, settings):
+    promote_a_version_with_a_small_refiner(team.project, tmp_path / "finetuned", settings)
 
     response = refine(team.api(team.radiologist), image, [click(*CENTRE)])
     assert response["X-Refiner"] == "learned"
@@ -155,3 +160,42 @@ def test_unusable_clicks_or_masks_are_refused_with_the_reason_and_nothing_is_sto
 def test_a_request_without_clicks_is_refused_naming_the_field(team, image):
     response = team.api(team.radiologist).post(f"/api/images/{image.pk}/refine/", {}, format="multipart")
     assert response.status_code == 400 and response.json()["clicks"] == ["This field is required."]
+
+
+def warm_in_a_thread():
+    """As the web server does it at start: in a thread of its own, with its own database connection."""
+    refiner_cached.cache_clear()
+    thread = threading.Thread(target=refiners_warm)
+    thread.start()
+    thread.join()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_web_server_loads_every_refiner_in_use_before_the_first_click(team, tmp_path, settings, grabcut):
+    promote_a_version_with_a_small_refiner(team.project, tmp_path / "finetuned", settings)
+    warm_in_a_thread()
+    assert refiner_cached.cache_info().misses == 2  # the promoted version's and ENSEMBLE_DIR's (for new projects)
+    assert project_refiner(team.project) is not None
+    assert refiner_cached.cache_info().misses == 2  # the first click found it loaded
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_checkpoint_that_cannot_be_loaded_is_logged_and_the_others_still_load(team, tmp_path, settings, caplog):
+    promote_a_version_with_a_small_refiner(team.project, tmp_path / "finetuned", settings)
+    settings.ENSEMBLE_DIR = tmp_path / "deleted"
+    with caplog.at_level(logging.ERROR, logger="annotator.masks.refine"):
+        warm_in_a_thread()
+    assert [record.getMessage() for record in caplog.records] == [
+        f"the click refiner of {tmp_path / 'deleted'} could not be loaded"]
+    assert refiner_cached.cache_info().currsize == 1
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_each_web_worker_warms_the_refiners_in_the_background_unless_told_not_to(settings, monkeypatch, warm):
+    from config import gunicorn
+
+    started = []
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: started.append(thread.name))
+    settings.REFINER_WARM = warm
+    gunicorn.post_worker_init(worker=None)
+    assert started == (["refiners-warm"] if warm else [])

@@ -9,10 +9,13 @@ refiner is a 3-million-parameter network run once on a 160 px crop on the CPU, a
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from django.conf import settings
+from django.db import connection
 from PIL import Image as PILImage
 
 from annotator.annotation.services import project_checkpoint_folder
@@ -20,6 +23,8 @@ from annotator.models import Image, Project
 from annotator.png import mask_decode, png_encode
 
 LEARNED, GRABCUT = "learned", "grabcut"  # which refiner answered
+
+log = logging.getLogger(__name__)
 
 
 class ClicksError(ValueError):
@@ -44,6 +49,25 @@ def refiner_cached(folder: str):
 def project_refiner(project: Project):
     """The click refiner of the checkpoint the project uses."""
     return refiner_cached(project_checkpoint_folder(project))
+
+
+def refiners_warm() -> None:
+    """Load the click refiner of every checkpoint in use and refine once with it, so that a radiologist's first
+    click answers as fast as the others: without this, the first refinement in each web process waits about 6 s
+    for torch to import and the checkpoint to load. The web server runs it beside its first requests, at start."""
+    from ml.interactive import Click, mask_refine
+
+    try:
+        projects = Project.objects.select_related("model_version")
+        folders = {str(settings.ENSEMBLE_DIR)} | {project_checkpoint_folder(project) for project in projects}
+    finally:
+        connection.close()  # this thread's own connection, which no request will reuse
+    for folder in sorted(folders):
+        try:
+            mask_refine(np.zeros((64, 64), np.uint8), np.zeros((64, 64), bool), [Click(32, 32, True)],
+                        refiner_cached(folder))
+        except Exception:  # a broken checkpoint shows on its project's clicks; the server must start anyway
+            log.exception("the click refiner of %s could not be loaded", folder)
 
 
 def image_gray(image: Image) -> np.ndarray:
