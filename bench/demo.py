@@ -121,8 +121,8 @@ def main(argv=None):
         for server_name, (command, processes) in SERVERS.items():
             port = free_port()
             server = server_start(command(port), env, port, processes)
-            time.sleep(args.start_wait)
             try:
+                time.sleep(args.start_wait)
                 for fresh in (False, True):
                     for name, script in scenario_lua(cookie, image_ids, fresh).items():
                         before = listen_overflows()

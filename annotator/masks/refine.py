@@ -53,7 +53,7 @@ def project_refiner(project: Project):
 
 def refiners_warm() -> None:
     """Load the click refiner of every checkpoint in use and refine once with it, so that a radiologist's first
-    click answers as fast as the others: without this, the first refinement in each web process waits about 6 s
+    click answers as fast as the others: without this, the first refinement in each web process waits about 4 s
     for torch to import and the checkpoint to load. The web server runs it beside its first requests, at start."""
     from ml.interactive import Click, mask_refine
 
