@@ -288,6 +288,8 @@ def _refiner_register(commands) -> None:
                         help="the encoder where the checkpoint has no segmentation member to start from")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="the crop's side at the network's input, a multiple of 32 (default: the member's)")
     parser.add_argument("--max-clicks", type=int, default=20, help="of the held-out judgement")
     parser.add_argument("--train-encoder-batchnorm", action="store_true",
                         help="re-estimate the encoder's BatchNorm statistics while training (default: keep them)")

@@ -145,10 +145,12 @@ def refine_clicks_grabcut(image: np.ndarray, mask: np.ndarray, clicks: list[Clic
 
 
 # ---- the click-conditioned network ----
-def refiner_from_member(member: SegmentationNet) -> SegmentationNet:
+def refiner_from_member(member: SegmentationNet, input_size: int | None = None) -> SegmentationNet:
     """A refiner that starts as the member: its weights, the first convolution's extra input channels at zero (so
-    before training it ignores the mask and clicks and segments as the member does)."""
-    net = SegmentationNet(member.config, in_chans=REFINER_CHANNELS)
+    before training it ignores the mask and clicks and segments as the member does); at the member's input size
+    unless given another (the network is fully convolutional)."""
+    config = member.config if input_size is None else replace(member.config, input_size=input_size)
+    net = SegmentationNet(config, in_chans=REFINER_CHANNELS)
     state = net.state_dict()
     for key, tensor in member.state_dict().items():
         if state[key].shape == tensor.shape:

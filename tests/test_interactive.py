@@ -203,6 +203,15 @@ def test_the_refiner_starts_as_the_member_it_is_built_on():
         assert torch.allclose(member(image), refiner(torch.cat([image, hints], 1)), atol=1e-5)
 
 
+def test_a_refiner_may_look_at_crops_of_another_size_than_its_member_with_the_same_weights():
+    member = segmenter_build(SegmenterConfig(input_size=64)).eval()
+    refiner = refiner_from_member(member, input_size=96).eval()
+    assert (refiner.config.input_size, member.config.input_size) == (96, 64)
+    image, hints = torch.rand(1, 3, 96, 96), torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(member(image), refiner(torch.cat([image, hints], 1)), atol=1e-5)
+
+
 def encoder_statistics(net) -> list[torch.Tensor]:
     return [buffer.clone() for name, buffer in net.encoder.named_buffers() if name.endswith("running_mean")]
 
