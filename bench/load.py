@@ -89,22 +89,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def database_urls() -> tuple[str, str]:
+def database_urls(database: str = DATABASE) -> tuple[str, str]:
     """The server's maintenance database and the benchmark's own, from DATABASE_URL."""
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
     if not base.startswith("postgres"):
         sys.exit("the load benchmark needs PostgreSQL: set DATABASE_URL=postgres://...")
     server = base.rsplit("/", 1)[0]
-    return f"{server}/postgres", f"{server}/{DATABASE}"
+    return f"{server}/postgres", f"{server}/{database}"
 
 
-def database_recreate(maintenance_url: str, drop_only=False) -> None:
+def database_recreate(maintenance_url: str, drop_only=False, database: str = DATABASE) -> None:
     import psycopg
 
     with psycopg.connect(maintenance_url, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         if not drop_only:
-            connection.execute(f'CREATE DATABASE "{DATABASE}"')
+            connection.execute(f'CREATE DATABASE "{database}"')
 
 
 def png(value=0, size=PNG_SIZE) -> bytes:

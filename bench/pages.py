@@ -1,0 +1,147 @@
+"""Page cost benchmark: the CPU each hot page and endpoint spends in the app itself, with no server, network or
+load generator sharing the cores.
+
+    .venv/bin/python -m bench.pages [--images 10000] [--requests 300] [--profile "review queue page"]
+
+It seeds its own PostgreSQL database (`annotator_bench_pages`, on the server of DATABASE_URL) as bench.load does (one
+project of `--images` annotated images waiting for review, a radiologist with a session and an API token), then sends
+each request of bench.load's scenarios `--requests` times, in turns, through Django's whole middleware stack in this
+process (the WSGI handler's get_response, as gunicorn calls it; CSRF checked as for a browser), and prints per
+scenario the CPU time per request (time.process_time, this process: the app's Python and the database client, not
+the database server's own work), its queries, and the ratio to the login page's, measured in the same run. With
+--profile, cProfile's busiest functions of that scenario follow. Not a test: the figures depend on the machine.
+"""
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import load
+
+DATABASE = "annotator_bench_pages"
+
+
+def scenarios(data: dict, rng: random.Random) -> dict:
+    """Name → (a function sending the request once, the status it must answer), bench.load's scenarios."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.test import RequestFactory
+
+    handler = WSGIHandler()
+    browser = RequestFactory(enforce_csrf_checks=True)
+    browser.cookies.load(f"{data['cookies'][0]}; csrftoken={data['csrf']}")
+    script = RequestFactory(headers={"Authorization": f"Token {data['tokens'][0]}"})
+
+    def image():
+        return rng.randint(data["first"], data["last"])
+
+    def send(request, expected, redirect_to=""):
+        response = handler.get_response(request)
+        response.close()  # as a WSGI server does: request_finished, the database connection kept or closed
+        if response.status_code != expected or redirect_to not in response.get("Location", ""):
+            sys.exit(f"{request.path} answered {response.status_code} {response.get('Location', '')}, not {expected} "
+                     f"{redirect_to}")
+        return response
+
+    return {
+        load.BASELINE: lambda: send(RequestFactory().get("/accounts/login/"), 200),
+        "review queue page": lambda: send(browser.get("/review/"), 200),
+        "take the next image": lambda: send(browser.post("/review/next/", headers={"X-CSRFToken": data["csrf"]}), 302,
+                                            redirect_to="/review/images/"),  # claimed one, not "nothing waits"
+        "image page": lambda: send(browser.get(f"/review/images/{image()}/"), 200),
+        "API image list": lambda: send(
+            script.get(f"/api/projects/{data['project']}/images/?cursor={load.cursor_after(image())}"), 200),
+        "API one image": lambda: send(script.get(f"/api/images/{image()}/"), 200),
+        "mask save (API)": lambda: send(script.post(f"/api/images/{image()}/masks/", {
+            "file": SimpleUploadedFile("mask.png", load.png(255), content_type="image/png")}), 201),
+    }
+
+
+def measure(sends: dict, requests: int) -> dict[str, float]:
+    """CPU ms per request of each scenario, sent in turns so that a slow moment of the machine hits all alike."""
+    from django.db import connection
+
+    connection.ensure_connection()
+    for send in sends.values():  # the first of each pays for imports and caches
+        send()
+    spent = dict.fromkeys(sends, 0.0)
+    for _ in range(requests):
+        for name, send in sends.items():
+            started = time.process_time()
+            send()
+            spent[name] += time.process_time() - started
+    return {name: seconds * 1000 / requests for name, seconds in spent.items()}
+
+
+def queries_counted(sends: dict) -> dict[str, int]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    counts = {}
+    for name, send in sends.items():
+        with CaptureQueriesContext(connection) as captured:
+            send()
+        counts[name] = len(captured)
+    return counts
+
+
+def profile_print(send, requests: int, name: str) -> None:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(requests):
+        send()
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
+    print(f"\n{name}, {requests} requests under cProfile (which slows them):\n{out.getvalue()}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=300, help="of each scenario, after one to warm up")
+    parser.add_argument("--profile", metavar="SCENARIO", help="also profile this scenario (a name of the table)")
+    args = parser.parse_args(argv)
+
+    maintenance_url, bench_url = load.database_urls(DATABASE)
+    media = Path(tempfile.mkdtemp(prefix="bench-pages-"))
+    os.environ.update(DATABASE_URL=bench_url, MEDIA_ROOT=str(media), DJANGO_SETTINGS_MODULE="config.settings",
+                      LOG_LEVEL="WARNING", ALLOWED_HOSTS="testserver")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connections
+
+    load.database_recreate(maintenance_url, database=DATABASE)
+    try:
+        call_command("migrate", verbosity=0)
+        data = load.seed(args.images, 1)
+        data.update(csrf=load.csrf_secret(), cookies=load.sessions(data["users"]))
+        sends = scenarios(data, random.Random(0))
+        if args.profile and args.profile not in sends:
+            sys.exit(f"no scenario {args.profile!r}; there are: {', '.join(sends)}")
+        queries = queries_counted(sends)
+        cpu = measure(sends, args.requests)
+        print(f"{args.images} images, {args.requests} requests of each in turns, in one process (Django's WSGI "
+              f"handler, no server), PostgreSQL")
+        print(f"{'':>28} {'CPU ms/req':>10} {'queries':>7} {'vs baseline':>11}")
+        for name, ms in cpu.items():
+            print(f"{name:>28} {ms:10.2f} {queries[name]:7d} {ms / cpu[load.BASELINE]:10.1f}x")
+        if args.profile:
+            profile_print(sends[args.profile], args.requests, args.profile)
+    finally:
+        connections.close_all()
+        load.database_recreate(maintenance_url, drop_only=True, database=DATABASE)
+        shutil.rmtree(media, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
