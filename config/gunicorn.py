@@ -21,7 +21,7 @@ def post_worker_init(worker):
     from django.conf import settings
     from django.urls import get_resolver
 
-    get_resolver().url_patterns
+    get_resolver().url_patterns  # imports every view
 
     if settings.REFINER_WARM:
         from annotator.masks.refine import refiners_warm

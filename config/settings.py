@@ -217,7 +217,7 @@ ENSEMBLE_DIR = Path(os.environ.get("ENSEMBLE_DIR", BASE_DIR / "demo" / "ensemble
 ML_DEVICE = os.environ.get("ML_DEVICE") or None  # None: CUDA when present, else CPU
 ML_MC_SAMPLES = env_int("ML_MC_SAMPLES", 0) or None  # None: the checkpoint's own T
 ML_BATCH_SIZE = env_int("ML_BATCH_SIZE", 8)
-# Each web process loads torch and the click refiners as it starts, not on the first click (which then took 5 s): it
+# Each web process loads torch and the click refiners as it starts, not on the first click (which then took 4 s): it
 # costs about 870 MB of memory per process (torch with its CUDA libraries, PSS) from the start instead of from then.
 REFINER_WARM = env_bool("REFINER_WARM", True)
 
