@@ -28,42 +28,6 @@ from bench import load
 DATABASE = "annotator_bench_pages"
 
 
-def scenarios(data: dict, rng: random.Random) -> dict:
-    """Name → (a function sending the request once, the status it must answer), bench.load's scenarios."""
-    from django.core.files.uploadedfile import SimpleUploadedFile
-    from django.core.handlers.wsgi import WSGIHandler
-    from django.test import RequestFactory
-
-    handler = WSGIHandler()
-    browser = RequestFactory(enforce_csrf_checks=True)
-    browser.cookies.load(f"{data['cookies'][0]}; csrftoken={data['csrf']}")
-    script = RequestFactory(headers={"Authorization": f"Token {data['tokens'][0]}"})
-
-    def image():
-        return rng.randint(data["first"], data["last"])
-
-    def send(request, expected, redirect_to=""):
-        response = handler.get_response(request)
-        response.close()  # as a WSGI server does: request_finished, the database connection kept or closed
-        if response.status_code != expected or redirect_to not in response.get("Location", ""):
-            sys.exit(f"{request.path} answered {response.status_code} {response.get('Location', '')}, not {expected} "
-                     f"{redirect_to}")
-        return response
-
-    return {
-        load.BASELINE: lambda: send(RequestFactory().get("/accounts/login/"), 200),
-        "review queue page": lambda: send(browser.get("/review/"), 200),
-        "take the next image": lambda: send(browser.post("/review/next/", headers={"X-CSRFToken": data["csrf"]}), 302,
-                                            redirect_to="/review/images/"),  # claimed one, not "nothing waits"
-        "image page": lambda: send(browser.get(f"/review/images/{image()}/"), 200),
-        "API image list": lambda: send(
-            script.get(f"/api/projects/{data['project']}/images/?cursor={load.cursor_after(image())}"), 200),
-        "API one image": lambda: send(script.get(f"/api/images/{image()}/"), 200),
-        "mask save (API)": lambda: send(script.post(f"/api/images/{image()}/masks/", {
-            "file": SimpleUploadedFile("mask.png", load.png(255), content_type="image/png")}), 201),
-    }
-
-
 def measure(sends: dict, requests: int) -> dict[str, float]:
     """CPU ms per request of each scenario, sent in turns so that a slow moment of the machine hits all alike."""
     from django.db import connection
@@ -78,18 +42,6 @@ def measure(sends: dict, requests: int) -> dict[str, float]:
             send()
             spent[name] += time.process_time() - started
     return {name: seconds * 1000 / requests for name, seconds in spent.items()}
-
-
-def queries_counted(sends: dict) -> dict[str, int]:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    counts = {}
-    for name, send in sends.items():
-        with CaptureQueriesContext(connection) as captured:
-            send()
-        counts[name] = len(captured)
-    return counts
 
 
 def profile_print(send, requests: int, name: str) -> None:
@@ -125,10 +77,10 @@ def main(argv=None):
         call_command("migrate", verbosity=0)
         data = load.seed(args.images, 1)
         data.update(csrf=load.csrf_secret(), cookies=load.sessions(data["users"]))
-        sends = scenarios(data, random.Random(0))
+        sends = load.scenario_senders(data, random.Random(0))
         if args.profile and args.profile not in sends:
             sys.exit(f"no scenario {args.profile!r}; there are: {', '.join(sends)}")
-        queries = queries_counted(sends)
+        queries = load.queries_per_request(sends)
         cpu = measure(sends, args.requests)
         print(f"{args.images} images, {args.requests} requests of each in turns, in one process (Django's WSGI "
               f"handler, no server), PostgreSQL")
