@@ -26,7 +26,7 @@ demo: install
 serve: install
 	@$(PY) -m celery -A config worker --beat --pool=solo --loglevel=INFO --without-mingle --without-gossip & \
 	  trap "kill $$! 2>/dev/null" EXIT INT TERM; \
-	  echo "Open http://127.0.0.1:8000 (the worker is annotating the demo images in the background)"; \
+	  echo "Open http://$${WEB_BIND:-127.0.0.1:8000} (the worker is annotating the demo images in the background)"; \
 	  $(PY) -m gunicorn --config config/gunicorn.py config.wsgi
 
 test: install

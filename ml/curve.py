@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+import torch
 
 from ml.config import SegmenterConfig
 from ml.ensemble import annotate, load_ensemble, save_ensemble
@@ -81,6 +82,9 @@ def member_train(ensemble, data: LabelledImages, indices: list[int], approved: l
     """A member trained on `indices` of `data`: pseudo-masks, and the truth for the `approved` ones among them."""
     manifest = ensemble.manifest
     approved = set(approved)
+    # The decoder's initial weights come from the seed, not from whatever drew on torch's generator before: a
+    # learning curve's row reads the same trained alone (`--ks 100`) as after the other rows.
+    torch.manual_seed(train_config.seed)
     net = segmenter_build(config, weights)
     targets = segment_targets([data.images[i] for i in indices], [data.labels[i] for i in indices],
                               [data.annotations[i] for i in indices],
@@ -230,7 +234,8 @@ def learning_curve_command(args) -> None:
     train = labelled_images_read(ensemble, train_rows, args.data.parent, args.masks, args.batch_size)
     test = labelled_images_read(ensemble, test_rows, args.test.parent, args.test_masks, args.batch_size)
     config, train_config, weights = _member_configs(args)
-    print("| Approved masks | Order | Member IoU | Member Dice | Training time |\n|---:|---|---:|---:|---:|", flush=True)
+    print("| Approved masks | Order | Member IoU | Member Dice | Training time |", "|---:|---|---:|---:|---:|",
+          sep="\n", flush=True)
     rows = learning_curve(ensemble, train, test, args.ks, args.orders, args.seeds, config, train_config, weights)
     print()
     print(curve_table(rows, test, args.seeds))

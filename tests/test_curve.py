@@ -10,7 +10,7 @@ import torch
 
 from ml.__main__ import main
 from ml.config import AnnotateConfig, EnsembleManifest, SegmenterConfig
-from ml.curve import approval_order, labelled_images_read, learning_curve, segment_fit
+from ml.curve import approval_order, labelled_images_read, learning_curve, member_train, segment_fit
 from ml.ensemble import ensemble_build, load_ensemble, save_ensemble
 from ml.segment import SegmentTrainConfig
 from tests.lesion_sets import lesion_set_write
@@ -63,6 +63,21 @@ def test_the_learning_curve_has_a_row_per_count_and_order_scored_on_the_test_set
 
     assert [(row["k"], row["order"]) for row in rows] == [(0, "–"), (3, "uncertainty"), (3, "random"), (12, "–")]
     assert all(len(row["iou"]) == 2 and all(0 <= iou <= 1 for iou in row["iou"]) for row in rows)
+
+
+def test_a_member_trained_with_a_seed_is_the_same_whatever_drew_on_torchs_generator_before(panel_folder, tmp_path):
+    data_csv, rows = lesion_set_write(tmp_path / "data", 8, seed=3)
+    ensemble = load_ensemble(panel_folder, device="cpu")
+    data = labelled_images_read(ensemble, rows, data_csv.parent, None)
+    indices = list(range(len(rows)))
+
+    first, _, _ = member_train(ensemble, data, indices, [1, 2], SegmenterConfig(input_size=32),
+                               SegmentTrainConfig(epochs=1, seed=4), None)
+    torch.rand(100)  # as another row's training, or annotating, would
+    second, _, _ = member_train(ensemble, data, indices, [1, 2], SegmenterConfig(input_size=32),
+                                SegmentTrainConfig(epochs=1, seed=4), None)
+
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
 
 
 def test_the_segment_command_writes_the_member_into_the_checkpoint(panel_folder, tmp_path, capsys):

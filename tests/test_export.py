@@ -235,7 +235,8 @@ def test_dataset_zip_holds_the_original_images_their_masks_labels_and_an_index(t
 
 
 def test_labels_csv_quotes_file_names_a_spreadsheet_would_run_as_formulas_and_imports_them_again(team, tmp_path):
-    formulas = ["=HYPERLINK(1).png", "+1.png", "-2.png", "@SUM(A1).png", "'=quoted.png"]  # a tab or a CR: see the next test
+    # A tab or a CR: see the next test.
+    formulas = ["=HYPERLINK(1).png", "+1.png", "-2.png", "@SUM(A1).png", "'=quoted.png"]
     for i, name in enumerate(formulas + ["plain.png"]):  # sizes differ: the import would take one file once only
         approved(team, name, lesion_blob((64 + i, 64), i), (64 + i, 64), label="normal")
     path = tmp_path / "dataset.zip"
