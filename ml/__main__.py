@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ml.config import DEFAULT_ARCHITECTURES, TASKS
+from ml.config import DEFAULT_ARCHITECTURES, MEMBER_EPOCHS, TASKS
 
 
 def _excluded_names(exclude: Path | None) -> set[str]:
@@ -195,7 +195,7 @@ def _member_arguments(parser) -> None:
     _exclude_argument(parser)
     parser.add_argument("--encoder", default="efficientnet_lite0", help="the member's timm encoder")
     parser.add_argument("--input-size", type=int, default=160, help="a multiple of 32")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=MEMBER_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-encoder-batchnorm", action="store_true",
                         help="re-estimate the encoder's BatchNorm statistics while training (default: keep them)")
@@ -250,7 +250,7 @@ def _report_register(commands) -> None:
     parser.add_argument("--split-seed", type=int, default=1, help="of the training/test split")
     parser.add_argument("--approved", type=lambda text: [int(s) for s in text.split(",")], default=[0, 100],
                         help="approved-mask counts the segmentation member is trained with, comma-separated")
-    parser.add_argument("--member-epochs", type=int, default=15)
+    parser.add_argument("--member-epochs", type=int, default=MEMBER_EPOCHS)
     parser.add_argument("--no-hub", action="store_true", help="never fetch ImageNet weights from timm's hub")
     parser.set_defaults(run=_report)
 

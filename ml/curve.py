@@ -89,7 +89,8 @@ def member_train(ensemble, data: LabelledImages, indices: list[int], approved: l
     targets = segment_targets([data.images[i] for i in indices], [data.labels[i] for i in indices],
                               [data.annotations[i] for i in indices],
                               {j: data.truths[i] for j, i in enumerate(indices) if i in approved},
-                              manifest.healthy_class, train_config.approved_weight)
+                              manifest.healthy_class, train_config.approved_weight,
+                              train_config.pseudo_masks_beside_approved)
     losses = segmenter_train(net, targets, train_config, manifest.mean, manifest.std, ensemble.device)
     return net, len(targets), losses
 

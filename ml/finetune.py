@@ -269,7 +269,8 @@ def segmenter_finetune(candidate: Ensemble, train: list[FinetuneSample], held: l
     approved = {i: s.mask for i, s in enumerate(train) if s.mask is not None}
     train_config = SegmentTrainConfig(epochs=config.segmenter_epochs, seed=config.seed)
     targets = segment_targets([s.image for s in train], labels, [annotations.get(i) for i in range(len(train))],
-                              approved, manifest.healthy_class, train_config.approved_weight)
+                              approved, manifest.healthy_class, train_config.approved_weight,
+                              train_config.pseudo_masks_beside_approved)
     if len(targets) < 2:
         return {"trained": False, "reason": f"{len(targets)} images with a target; at least 2 are needed"}
     if candidate.segmenter is None:

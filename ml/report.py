@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ml.calibration import calibrate, validation_images
-from ml.config import TASKS, SegmenterConfig
+from ml.config import MEMBER_EPOCHS, TASKS, SegmenterConfig
 from ml.curve import labelled_images_read, lesion_overlap, member_masks, segment_fit
 from ml.ensemble import load_ensemble
 from ml.evaluate import CONSENSUS, ENSEMBLE, PAPER, image_score, metrics_summarize, rows_read
@@ -39,7 +39,7 @@ class ReportConfig:
     split_seed: int = 1
     test_fraction: float = 0.2
     approved: tuple[int, ...] = (0, 100)  # the member is trained once per count of approved masks
-    member_epochs: int = 15
+    member_epochs: int = MEMBER_EPOCHS
     member_input_size: int = 160
     use_hub: bool = True
 

@@ -71,11 +71,26 @@ def test_an_approved_mask_replaces_the_pseudo_mask_and_outweighs_it():
     annotations = [annotation_of("lesion", wrong), annotation_of("lesion", wrong), annotation_of("normal", wrong)]
 
     targets = segment_targets(images, ["lesion", "lesion", "lesion"], annotations, {1: lesion}, "normal",
-                              approved_weight=3.0)
+                              approved_weight=3.0, pseudo_masks_beside_approved=True)
 
     assert len(targets) == 2  # the misdiagnosed third image is left out
     assert np.array_equal(targets[0].mask, wrong) and not targets[0].approved
     assert np.array_equal(targets[1].mask, lesion) and targets[1].approved and (targets[1].weight == 3.0).all()
+
+
+def test_once_a_mask_is_approved_lesion_images_without_one_wait_for_theirs_and_healthy_ones_still_teach():
+    lesion, wrong = disc((30, 30)), disc((70, 70))
+    images = [dark_disc_image(lesion), dark_disc_image(lesion), dark_disc_image(wrong)]
+    annotations = [annotation_of("lesion", wrong), annotation_of("lesion", wrong), annotation_of("normal", wrong)]
+    labels = ["lesion", "lesion", "normal"]
+
+    targets = segment_targets(images, labels, annotations, {1: lesion}, "normal", approved_weight=3.0)
+    before_any_approval = segment_targets(images, labels, annotations, {}, "normal", approved_weight=3.0)
+
+    assert [(t.approved, bool(t.mask.any())) for t in targets] == [(True, True), (False, False)]
+    assert np.array_equal(targets[0].mask, lesion)
+    assert [(t.approved, bool(t.mask.any())) for t in before_any_approval] == [(False, True), (False, True),
+                                                                               (False, False)]
 
 
 def test_the_loss_ignores_pixels_of_weight_zero():
