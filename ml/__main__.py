@@ -199,6 +199,9 @@ def _member_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-encoder-batchnorm", action="store_true",
                         help="re-estimate the encoder's BatchNorm statistics while training (default: keep them)")
+    parser.add_argument("--pseudo-masks-beside-approved", action="store_true",
+                        help="lesion images without an approved mask teach the panel's pseudo-mask even once masks "
+                             "are approved (default: only while none is)")
     parser.add_argument("--no-hub", action="store_true", help="never fetch ImageNet weights from timm's hub")
 
 

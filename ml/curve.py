@@ -132,6 +132,7 @@ def segment_fit(ensemble, data: LabelledImages, approved_count: int, order: str,
     return {"train_images": len(train), "targets": target_count, "approved_masks": len(approved),
             "approval_order": order, "held_out_images": len(judged), "gate": gate, "proposal": source,
             "epochs": train_config.epochs, "input_size": config.input_size, "seed": train_config.seed,
+            "pseudo_masks_beside_approved": train_config.pseudo_masks_beside_approved,
             "training_seconds": round(seconds), "final_loss": round(losses[-1], 4)}
 
 
@@ -193,7 +194,8 @@ def _member_configs(args) -> tuple[SegmenterConfig, SegmentTrainConfig, str | No
     weights = imagenet_weights_resolve([args.encoder], {}, use_hub=not args.no_hub)[args.encoder]
     return (SegmenterConfig(encoder=args.encoder, input_size=args.input_size),
             SegmentTrainConfig(epochs=args.epochs, seed=args.seed,
-                               freeze_encoder_batchnorm=not args.train_encoder_batchnorm), weights)
+                               freeze_encoder_batchnorm=not args.train_encoder_batchnorm,
+                               pseudo_masks_beside_approved=args.pseudo_masks_beside_approved), weights)
 
 
 def _rows(data: Path, excluded: set[str], limit: int | None = None) -> list[dict]:

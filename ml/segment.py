@@ -46,8 +46,9 @@ class SegmentTrainConfig:
     batch_size: int = 8
     learning_rate: float = 1e-3  # the decoder's; the ImageNet encoder moves at a tenth of it
     weight_decay: float = 1e-4
-    # An approved mask outweighs a pseudo-mask this many times, pixel for pixel. With 100 approved masks among 447
-    # BUSI training images (validation IoU, one seed): 37.7 % at 3, 41.4 % at 10, 40.2 % with no pseudo-masks.
+    # An approved mask outweighs a healthy image's background (and a pseudo-mask, where one is kept) this many times,
+    # pixel for pixel. With 100 approved masks among 447 BUSI training images and the pseudo-masks beside them
+    # (validation IoU, one seed, an earlier panel): 37.7 % at 3, 41.4 % at 10, 40.2 % with no pseudo-masks.
     approved_weight: float = 10.0
     # Lesion images without an approved mask teach the panel's pseudo-mask only while no mask is approved at all.
     # Beside approved masks, the pseudo-masks (about 18 % IoU on BUSI) pull the member off them: measured in

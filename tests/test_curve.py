@@ -93,7 +93,19 @@ def test_the_segment_command_writes_the_member_into_the_checkpoint(panel_folder,
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["segmenter"]["input_size"] == 32
     assert manifest["metrics"]["segmenter"]["approved_masks"] == 3
+    assert manifest["metrics"]["segmenter"]["pseudo_masks_beside_approved"] is False
     assert load_ensemble(model, device="cpu").segmenter is not None
+
+
+def test_the_segment_command_keeps_pseudo_masks_beside_approved_ones_when_asked(panel_folder, tmp_path):
+    import shutil
+
+    model = shutil.copytree(panel_folder, tmp_path / "model")
+    data_csv, _ = lesion_set_write(tmp_path / "data", 15, seed=3)
+    main(["segment", "--model", str(model), "--data", str(data_csv), "--approved", "3", "--epochs", "1",
+          "--input-size", "32", "--no-hub", "--pseudo-masks-beside-approved", "--write"])
+
+    assert json.loads((model / "manifest.json").read_text())["metrics"]["segmenter"]["pseudo_masks_beside_approved"]
 
 
 def test_the_learning_curve_refuses_test_images_it_would_train_on(panel_folder, tmp_path):
