@@ -79,7 +79,8 @@ def approval_order(annotations, order: str, seed: int) -> list[int]:
 
 def member_train(ensemble, data: LabelledImages, indices: list[int], approved: list[int], config: SegmenterConfig,
                  train_config: SegmentTrainConfig, weights: str | None):
-    """A member trained on `indices` of `data`: pseudo-masks, and the truth for the `approved` ones among them."""
+    """A member trained on `indices` of `data`: the truth for the `approved` ones among them, and pseudo-masks where
+    `segment_targets` takes them."""
     manifest = ensemble.manifest
     approved = set(approved)
     # The decoder's initial weights come from the seed, not from whatever drew on torch's generator before: a
