@@ -54,7 +54,7 @@ def refiner_command(args) -> None:
     member = ensemble.segmenter
     if member is None:
         weights = imagenet_weights_resolve([args.encoder], {}, use_hub=not args.no_hub)[args.encoder]
-        member = segmenter_build(SegmenterConfig(encoder=args.encoder), weights)
+        member = segmenter_build(SegmenterConfig(encoder=args.encoder), weights, args.seed)
     net = refiner_from_member(member, args.input_size)
     refiner = ClickRefiner(net.to(ensemble.device), ensemble.manifest.mean, ensemble.manifest.std, ensemble.device)
     train_config = RefinerTrainConfig(epochs=args.epochs, seed=args.seed,

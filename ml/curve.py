@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-import torch
 
 from ml.config import SegmenterConfig
 from ml.ensemble import annotate, load_ensemble, save_ensemble
@@ -83,10 +82,7 @@ def member_train(ensemble, data: LabelledImages, indices: list[int], approved: l
     `segment_targets` takes them."""
     manifest = ensemble.manifest
     approved = set(approved)
-    # The decoder's initial weights come from the seed, not from whatever drew on torch's generator before: a
-    # learning curve's row reads the same trained alone (`--ks 100`) as after the other rows.
-    torch.manual_seed(train_config.seed)
-    net = segmenter_build(config, weights)
+    net = segmenter_build(config, weights, train_config.seed)
     targets = segment_targets([data.images[i] for i in indices], [data.labels[i] for i in indices],
                               [data.annotations[i] for i in indices],
                               {j: data.truths[i] for j, i in enumerate(indices) if i in approved},

@@ -276,7 +276,7 @@ def segmenter_finetune(candidate: Ensemble, train: list[FinetuneSample], held: l
     if candidate.segmenter is None:
         config_member = SegmenterConfig()
         weights = imagenet_weights_resolve([config_member.encoder], {}, use_hub=False)[config_member.encoder]
-        candidate.segmenter = segmenter_build(config_member, weights).to(candidate.device)
+        candidate.segmenter = segmenter_build(config_member, weights, config.seed).to(candidate.device)
         manifest.segmenter = config_member
     losses = segmenter_train(candidate.segmenter, targets, train_config, manifest.mean, manifest.std,
                              candidate.device, on_batch)

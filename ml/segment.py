@@ -115,10 +115,14 @@ class SegmentationNet(nn.Module):
         return [{"params": self.encoder.parameters(), "lr": learning_rate / 10}, {"params": decoder}]
 
 
-def segmenter_build(config: SegmenterConfig, weights: str | None = None) -> SegmentationNet:
+def segmenter_build(config: SegmenterConfig, weights: str | None = None, seed: int = 0) -> SegmentationNet:
     """The member with a random decoder and its encoder random, from timm's hub ("imagenet") or from a local file of
-    ImageNet weights (as `models.model_build` reads them)."""
-    net = SegmentationNet(config)
+    ImageNet weights (as `models.model_build` reads them). The random weights come from `seed` alone, not from
+    whatever drew on torch's generator before (a learning curve's row reads the same trained alone as after others),
+    and leave that generator as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = SegmentationNet(config)
     if weights is not None:
         classifier = model_build(config.encoder, 2, 0.0, weights)
         missing, _ = net.encoder.load_state_dict(classifier.state_dict(), strict=False)
